@@ -1,0 +1,69 @@
+"""One error hierarchy, one JSON shape: {"error": {"code", "message", "request_id"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class KBError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(KBError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class NotFound(KBError):
+    status_code = 404
+    code = "not_found"
+
+
+class ServiceUnavailable(KBError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KBError)
+    async def _kb_error(request: Request, exc: KBError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg', '')}" for e in exc.errors()
+        )
+        return JSONResponse(error_body("invalid_request", details, _request_id(request)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail), _request_id(request)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the server log", _request_id(request)), status_code=500
+        )

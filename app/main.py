@@ -1,0 +1,57 @@
+"""The FastAPI application: `create_app(settings)` builds everything and puts it on app.state."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from app.api import ask, health, search
+from app.container import Container
+from app.errors import install_error_handlers
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
+    settings = settings or Settings()
+    container = container or Container(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container.warm_up()
+        log.info("kb API ready")
+        yield
+        await container.generator.close()
+
+    app = FastAPI(
+        title="kb",
+        description="A RAG knowledge base: grounded answers with citations from company documents.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = rid[:64]
+        response = await call_next(request)
+        response.headers["x-request-id"] = request.state.request_id
+        return response
+
+    app.include_router(health.router)
+    app.include_router(ask.router)
+    app.include_router(search.router)
+
+    if settings.api.ui_enabled:
+        from ui.chat import mount_ui
+
+        mount_ui(app, api_url=settings.api_url, path="/ui")
+    return app

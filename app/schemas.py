@@ -1,0 +1,71 @@
+"""HTTP protocol models (kept apart from the code that serves them)."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, field_validator
+
+from retrieval.types import Answer, ChatMessage, Citation, SearchMode
+
+KB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def _check_kb(value: str) -> str:
+    if not KB_NAME.match(value):
+        raise ValueError("kb must be 1-64 letters, digits or underscores")
+    return value
+
+
+class AskRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    kb: str = "default"
+    top_k: int | None = Field(None, ge=1, le=50)
+    mode: SearchMode | None = None
+    history: list[ChatMessage] = Field(default_factory=list, max_length=50)
+
+    _kb = field_validator("kb")(_check_kb)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must not be blank")
+        return value
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=4000)
+    kb: str = "default"
+    top_k: int | None = Field(None, ge=1, le=50)
+    mode: SearchMode | None = None
+
+    _kb = field_validator("kb")(_check_kb)
+
+
+class SearchHit(BaseModel):
+    rank: int
+    score: float
+    score_kind: str
+    doc_id: str
+    title: str
+    source: str
+    page: int | None
+    section: str
+    chunk_id: str
+    text: str
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: SearchMode
+    language: str
+    hits: list[SearchHit]
+    timings: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+
+
+__all__ = ["Answer", "AskRequest", "Citation", "Health", "SearchHit", "SearchRequest", "SearchResponse"]

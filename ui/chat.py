@@ -1,0 +1,64 @@
+"""The employee chat (Gradio). It talks to the kb API over HTTP only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import httpx
+from fastapi import FastAPI
+
+
+def _text(content: Any) -> str:
+    # Gradio may hand back message content as a string or as a list of typed parts.
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text(part) for part in content)
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content)
+
+
+def format_sources(answer: dict[str, Any]) -> str:
+    lines = []
+    for c in answer.get("citations", []):
+        page = f", page {c['page']}" if c.get("page") else ""
+        lines.append(f"**[{c['index']}] {c['title']}**{page} — `{c['doc_id']}`\n\n> {c['snippet']}")
+    if answer.get("degraded"):
+        lines.insert(0, f"⚠️ {answer.get('message', 'degraded answer')}")
+    return "\n\n".join(lines) or "_No sources cited._"
+
+
+def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
+    def respond(message: str, history: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:
+        if not message.strip():
+            return "", history, ""
+        turns = [{"role": m["role"], "content": _text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
+        try:
+            response = httpx.post(
+                f"{api_url}/ask", json={"question": message, "history": turns[-6:]}, timeout=timeout_s
+            )
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            reply, sources = f"The knowledge base could not be reached: {exc}", ""
+        else:
+            if response.status_code != 200:
+                reply, sources = f"Error: {body.get('error', {}).get('message', response.text)}", ""
+            else:
+                reply, sources = body["answer"], format_sources(body)
+        history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+        return "", history, sources
+
+    with gr.Blocks(title="kb") as demo:
+        gr.Markdown("## kb: ask the company knowledge base")
+        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="kb-chat")
+        question = gr.Textbox(placeholder="Ask a question, e.g. How many days of annual leave do new employees get?",
+                              show_label=False, elem_id="kb-question")  # fmt: skip
+        sources = gr.Markdown(elem_id="kb-sources")
+        question.submit(respond, [question, chatbot], [question, chatbot, sources])
+    return demo
+
+
+def mount_ui(app: FastAPI, *, api_url: str, path: str = "/ui") -> FastAPI:
+    return gr.mount_gradio_app(app, build_ui(api_url), path=path)
