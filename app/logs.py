@@ -28,7 +28,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "jieba", "filelock", "sentence_transformers", "multipart"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "jieba", "filelock", "sentence_transformers", "multipart"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Third-party banners and progress bars would land on stdout or clutter stderr.
     os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")

@@ -89,7 +89,7 @@ class RetrievalSettings(BaseModel):
     top_k: int = Field(5, ge=1, le=50)
     candidates: int = Field(30, ge=1, le=500)
     rrf_k: int = Field(60, ge=1)
-    context_tokens: int = Field(1200, ge=64, description="token budget for sources in the prompt")
+    context_tokens: int = Field(1000, ge=64, description="token budget for sources in the prompt")
 
 
 class APISettings(BaseModel):

@@ -97,7 +97,7 @@ class SentenceTransformerEmbedder:
         log.info("loading embedding model %s from %s (profile %s)", model, location, self.profile.name)
         self._model: Any = SentenceTransformer(location, device=pick_device(device))
         self._model.max_seq_length = min(max_seq_length, self._model.max_seq_length or max_seq_length)
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"embedding model {model} does not report its dimension")
         self._dimension = int(dim)
