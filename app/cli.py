@@ -154,7 +154,9 @@ def ask(
     lines = [answer.answer, ""]
     if answer.degraded:
         lines.insert(0, f"[degraded] {answer.message}")
-    lines += [f"[{c.index}] {c.title} ({c.doc_id}" + (f", page {c.page}" if c.page else "") + ")" for c in answer.citations]
+    lines += [
+        f"[{c.index}] {c.title} ({c.doc_id}" + (f", page {c.page}" if c.page else "") + ")" for c in answer.citations
+    ]
     emit(answer.model_dump(), as_json, "\n".join(lines).strip())
 
 

@@ -41,9 +41,7 @@ def is_heading(element: Element) -> bool:
     # unstructured labels many short lines of plain text as Title; a real heading is short and does
     # not end like a sentence.
     text = element.text.strip()
-    return (
-        element.category == "Title" and len(text) <= _MAX_HEADING_CHARS and not _SENTENCE_END.search(text)
-    )
+    return element.category == "Title" and len(text) <= _MAX_HEADING_CHARS and not _SENTENCE_END.search(text)
 
 
 class StructuredChunker:

@@ -130,13 +130,15 @@ class IngestPipeline:
             if not pieces:
                 raise LoadError(f"no text to index in {path.name}")
             t2 = time.perf_counter()
-            chunks = self._chunks(pieces, document, doc_id, version, kb, acl_groups, tags)
+            chunks = self._chunks(
+                pieces, document, doc_id=doc_id, version=version, kb=kb, acl_groups=acl_groups, tags=tags
+            )
             embed_ms = self._embed_and_write(kb, chunks)
             self._store.flush(kb)
             # The new version is complete before the old one goes away.
             self._store.delete_document(kb, doc_id, keep_version=version)
             t3 = time.perf_counter()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the half-written version is rolled back
             self._store.delete_version(kb, doc_id, version)
             self._registry.fail(kb, doc_id, version, str(exc))
             result.error = str(exc)
@@ -168,6 +170,7 @@ class IngestPipeline:
     def _chunks(
         pieces: Sequence[TextChunk],
         document: LoadedDocument,
+        *,
         doc_id: str,
         version: int,
         kb: str,

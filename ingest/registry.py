@@ -46,9 +46,7 @@ class DocumentRow(Base):
 
 class VersionRow(Base):
     __tablename__ = "document_versions"
-    __table_args__ = (
-        ForeignKeyConstraint(["kb", "doc_id"], ["documents.kb", "documents.doc_id"], ondelete="CASCADE"),
-    )
+    __table_args__ = (ForeignKeyConstraint(["kb", "doc_id"], ["documents.kb", "documents.doc_id"], ondelete="CASCADE"),)
 
     kb: Mapped[str] = mapped_column(String(128), primary_key=True)
     doc_id: Mapped[str] = mapped_column(String(512), primary_key=True)

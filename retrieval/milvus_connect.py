@@ -76,7 +76,9 @@ def running_lite_uri(layout: LiteLayout) -> str | None:
     return f"http://{info['host']}:{info['port']}"
 
 
-def start_lite_server(layout: LiteLayout, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60) -> subprocess.Popen[bytes]:
+def start_lite_server(
+    layout: LiteLayout, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60
+) -> subprocess.Popen[bytes]:
     """Start `milvus-lite server` for the data folder (bound to loopback) and wait until it listens."""
     port = port or free_port(host)
     layout.run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
 
@@ -128,9 +128,7 @@ class MilvusStore:
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
         schema.add_field("page", DataType.INT64)
         schema.add_field("section", DataType.VARCHAR, max_length=2048)
-        schema.add_field(
-            "acl_groups", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=256
-        )
+        schema.add_field("acl_groups", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=256)
         schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=256)
         schema.add_field("token_count", DataType.INT64)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
@@ -241,7 +239,7 @@ class MilvusStore:
         return [self._scored(h, "rrf") for h in hits[0]]
 
     @staticmethod
-    def _scored(hit: Any, kind: str) -> ScoredChunk:
+    def _scored(hit: Any, kind: Literal["cosine", "bm25", "rrf"]) -> ScoredChunk:
         entity = hit.get("entity", hit)
         page = entity.get("page")
         chunk = Chunk(
@@ -258,7 +256,7 @@ class MilvusStore:
             tags=list(entity.get("tags") or []),
             token_count=int(entity["token_count"]),
         )
-        return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)  # type: ignore[arg-type]
+        return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)
 
     def drop(self, kb: str) -> None:
         name = self.collection(kb)

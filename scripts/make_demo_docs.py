@@ -1,6 +1,6 @@
 """Writes the binary demo documents in data/ (PDF, DOCX). Run once; the outputs are committed.
 
-    .venv/bin/python scripts/make_demo_docs.py
+.venv/bin/python scripts/make_demo_docs.py
 """
 
 from __future__ import annotations
@@ -16,46 +16,78 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 EXPENSE_EN = [
     ("title", "Travel and Expense Policy"),
-    ("p", "Northwind Robotics finance handbook. This policy explains which business expenses are "
-          "reimbursed and how to claim them."),
+    (
+        "p",
+        "Northwind Robotics finance handbook. This policy explains which business expenses are "
+        "reimbursed and how to claim them.",
+    ),
     ("h", "1. Submitting expense reports"),
-    ("p", "Expense reports must be submitted in the finance portal within 30 days of the date the "
-          "expense was incurred. Reports submitted later need a written explanation from your "
-          "department head and may be rejected."),
-    ("p", "Attach an itemised receipt for every expense of 25 US dollars or more. Card slips without "
-          "items are not accepted as receipts."),
+    (
+        "p",
+        "Expense reports must be submitted in the finance portal within 30 days of the date the "
+        "expense was incurred. Reports submitted later need a written explanation from your "
+        "department head and may be rejected.",
+    ),
+    (
+        "p",
+        "Attach an itemised receipt for every expense of 25 US dollars or more. Card slips without "
+        "items are not accepted as receipts.",
+    ),
     ("h", "2. Approval limits"),
-    ("p", "Your line manager approves reports below 1,000 US dollars. Reports of 1,000 US dollars or "
-          "more also need the approval of a director."),
+    (
+        "p",
+        "Your line manager approves reports below 1,000 US dollars. Reports of 1,000 US dollars or "
+        "more also need the approval of a director.",
+    ),
     ("page", ""),
     ("h", "3. Travel"),
-    ("p", "Book flights and hotels through the company travel portal. Economy class is the standard "
-          "for flights shorter than six hours; business class may be booked for longer flights."),
-    ("p", "The daily meal allowance is 60 US dollars for domestic travel and 90 US dollars for "
-          "international travel. Alcohol is not reimbursed."),
+    (
+        "p",
+        "Book flights and hotels through the company travel portal. Economy class is the standard "
+        "for flights shorter than six hours; business class may be booked for longer flights.",
+    ),
+    (
+        "p",
+        "The daily meal allowance is 60 US dollars for domestic travel and 90 US dollars for "
+        "international travel. Alcohol is not reimbursed.",
+    ),
     ("h", "4. Payment"),
     ("p", "Approved expenses are paid to your salary account within 10 business days."),
 ]
 
 SECURITY_EN = [
     ("title", "IT Security Policy"),
-    ("p", "This policy protects Northwind Robotics' systems and data. Every employee and contractor "
-          "must follow it."),
+    ("p", "This policy protects Northwind Robotics' systems and data. Every employee and contractor must follow it."),
     ("h", "Passwords and sign-in"),
-    ("p", "Passwords must be at least 14 characters long and must not be reused across services. "
-          "Multi-factor authentication is required for email, the VPN and every cloud service."),
+    (
+        "p",
+        "Passwords must be at least 14 characters long and must not be reused across services. "
+        "Multi-factor authentication is required for email, the VPN and every cloud service.",
+    ),
     ("p", "Never share your password with anyone, including the IT service desk."),
     ("h", "Devices"),
-    ("p", "Company laptops use full-disk encryption and receive security updates automatically. "
-          "Do not install software from unknown sources."),
-    ("p", "Report a lost or stolen laptop or phone to the IT service desk within one hour, so that "
-          "the device can be locked and wiped remotely."),
+    (
+        "p",
+        "Company laptops use full-disk encryption and receive security updates automatically. "
+        "Do not install software from unknown sources.",
+    ),
+    (
+        "p",
+        "Report a lost or stolen laptop or phone to the IT service desk within one hour, so that "
+        "the device can be locked and wiped remotely.",
+    ),
     ("h", "Phishing"),
-    ("p", "Forward suspicious emails to phishing@northwind.example and then delete them. Do not "
-          "click links or open attachments in suspicious emails."),
+    (
+        "p",
+        "Forward suspicious emails to phishing@northwind.example and then delete them. Do not "
+        "click links or open attachments in suspicious emails.",
+    ),
     ("h", "Remote access"),
-    ("p", "Connect to internal systems only through the company VPN. Public Wi-Fi may be used only "
-          "with the VPN switched on."),
+    (
+        "p",
+        "Connect to internal systems only through the company VPN. Public Wi-Fi may be used only "
+        "with the VPN switched on.",
+    ),
 ]
 
 SECURITY_ZH = [

@@ -40,9 +40,7 @@ def check_citations(answer: str, n_sources: int) -> CitationCheck:
     text = _MARKER.sub(_rewrite, answer)
     text = re.sub(r"[ \t]+([.,;:!?。，；：！？])", r"\1", text).strip()
     uncited = [
-        s.strip()
-        for s in _SENTENCE_END.split(text)
-        if len(_WORDISH.findall(s)) >= 4 and not re.search(r"\[\d+\]", s)
+        s.strip() for s in _SENTENCE_END.split(text) if len(_WORDISH.findall(s)) >= 4 and not re.search(r"\[\d+\]", s)
     ]
     return CitationCheck(text=text, cited=cited, invalid=invalid, uncited_sentences=uncited)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-import httpx
-from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI
+from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI, AsyncStream, Timeout
+from openai.types.chat import ChatCompletionChunk
 
 from retrieval.types import ChatMessage, GenerationResult, Usage
 
@@ -33,7 +33,7 @@ class OpenAIGenerator:
         self._client = AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
-            timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+            timeout=Timeout(timeout_s, connect=min(5.0, timeout_s)),
             max_retries=retries,
         )
 
@@ -75,6 +75,8 @@ class OpenAIGenerator:
                 stream=True,
                 extra_body=self._extra(pattern),
             )
+            assert isinstance(stream, AsyncStream)
+            event: ChatCompletionChunk
             async for event in stream:
                 if event.choices and event.choices[0].delta.content:
                     yield event.choices[0].delta.content

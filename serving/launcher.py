@@ -42,9 +42,10 @@ class LLMServerConfig:
 
 
 def has_gpu() -> bool:
-    return shutil.which("nvidia-smi") is not None and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True, check=False
-    ).returncode == 0
+    return (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
+    )
 
 
 def build_command(cfg: LLMServerConfig, *, gpu: bool) -> list[str]:
@@ -91,15 +92,15 @@ class LLMServer:
         if self.is_ready():
             raise LaunchError(f"something already answers on {self.base_url}; stop it or pick another port")
         if not Path(self.cfg.python).exists():
-            raise LaunchError(
-                f"no Python with vLLM at {self.cfg.python}: run `make setup` (or set KB_LLM__PYTHON)"
-            )
+            raise LaunchError(f"no Python with vLLM at {self.cfg.python}: run `make setup` (or set KB_LLM__PYTHON)")
         cmd = build_command(self.cfg, gpu=has_gpu())
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(self.cfg.cache_root))
         self.cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting vLLM: %s (log %s)", " ".join(cmd), self.cfg.log_path)
         with self.cfg.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -34,7 +34,11 @@ def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
     def respond(message: str, history: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:
         if not message.strip():
             return "", history, ""
-        turns = [{"role": m["role"], "content": _text(m["content"])} for m in history if m.get("role") in ("user", "assistant")]
+        turns = [
+            {"role": m["role"], "content": _text(m["content"])}
+            for m in history
+            if m.get("role") in ("user", "assistant")
+        ]
         try:
             response = httpx.post(
                 f"{api_url}/ask", json={"question": message, "history": turns[-6:]}, timeout=timeout_s
@@ -57,8 +61,10 @@ def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
                               show_label=False, elem_id="kb-question")  # fmt: skip
         sources = gr.Markdown(elem_id="kb-sources")
         question.submit(respond, [question, chatbot], [question, chatbot, sources])
-    return demo
+    blocks: gr.Blocks = demo
+    return blocks
 
 
 def mount_ui(app: FastAPI, *, api_url: str, path: str = "/ui") -> FastAPI:
-    return gr.mount_gradio_app(app, build_ui(api_url), path=path)
+    mounted: FastAPI = gr.mount_gradio_app(app, build_ui(api_url), path=path)
+    return mounted

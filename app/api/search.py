@@ -22,10 +22,17 @@ async def search(body: SearchRequest, container: ContainerDep) -> SearchResponse
         language=retrieval.language,
         hits=[
             SearchHit(
-                rank=i + 1, score=h.score, score_kind=h.score_kind, doc_id=h.chunk.doc_id, title=h.chunk.title,
-                source=h.chunk.source, page=h.chunk.page, section=h.chunk.section, chunk_id=h.chunk.chunk_id,
+                rank=i + 1,
+                score=h.score,
+                score_kind=h.score_kind,
+                doc_id=h.chunk.doc_id,
+                title=h.chunk.title,
+                source=h.chunk.source,
+                page=h.chunk.page,
+                section=h.chunk.section,
+                chunk_id=h.chunk.chunk_id,
                 text=h.chunk.text,
-            )  # fmt: skip
+            )
             for i, h in enumerate(retrieval.hits)
         ],
         timings=retrieval.timings,

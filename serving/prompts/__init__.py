@@ -36,9 +36,7 @@ class PromptBook:
     def refusal(self, language: str) -> str:
         return self._env.get_template(f"refusal_{self._lang(language)}.j2").render().strip()
 
-    def answer_messages(
-        self, question: str, sources: Sequence[PromptSource], language: str
-    ) -> list[ChatMessage]:
+    def answer_messages(self, question: str, sources: Sequence[PromptSource], language: str) -> list[ChatMessage]:
         lang = self._lang(language)
         system = self._env.get_template(f"system_{lang}.j2").render(refusal=self.refusal(lang))
         user = self._env.get_template(f"user_{lang}.j2").render(question=question, sources=sources)
