@@ -286,10 +286,18 @@ def _announce(settings: Settings) -> None:
 
 
 def main() -> None:
+    from ingest.loaders import LoadError
+    from retrieval.milvus_connect import MilvusUnavailable
+    from retrieval.store import StoreError
+
     try:
         cli()
     except KeyboardInterrupt:
         sys.exit(130)
+    except (MilvusUnavailable, StoreError, LoadError) as exc:
+        # Expected operational failures get one line, not a traceback.
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

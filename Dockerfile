@@ -1,0 +1,17 @@
+# The kb API image (the model server runs in its own container: see docker-compose.yml).
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends libmagic1 poppler-utils \
+        tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY scripts/constraints.txt scripts/constraints.txt
+RUN pip install --no-cache-dir torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY app app
+COPY ingest ingest
+COPY retrieval retrieval
+COPY serving serving
+COPY ui ui
+RUN PIP_CONSTRAINT=scripts/constraints.txt pip install --no-cache-dir . "psycopg[binary]" \
+    && pip uninstall -y torchvision || true
+EXPOSE 8000
+CMD ["kb", "serve", "--host", "0.0.0.0", "--port", "8000"]
