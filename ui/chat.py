@@ -20,14 +20,23 @@ def _text(content: Any) -> str:
     return str(content)
 
 
+def _source_line(c: dict[str, Any]) -> str:
+    page = f", page {c['page']}" if c.get("page") else ""
+    return f"**[{c['index']}] {c['title']}**{page} — `{c['doc_id']}`\n\n> {c['snippet']}"
+
+
 def format_sources(answer: dict[str, Any]) -> str:
-    lines = []
-    for c in answer.get("citations", []):
-        page = f", page {c['page']}" if c.get("page") else ""
-        lines.append(f"**[{c['index']}] {c['title']}**{page} — `{c['doc_id']}`\n\n> {c['snippet']}")
+    cited = answer.get("citations", [])
+    cited_ids = {c["chunk_id"] for c in cited}
+    others = [s for s in answer.get("sources", []) if s["chunk_id"] not in cited_ids]
+    parts: list[str] = []
     if answer.get("degraded"):
-        lines.insert(0, f"⚠️ {answer.get('message', 'degraded answer')}")
-    return "\n\n".join(lines) or "_No sources cited._"
+        parts.append(f"⚠️ {answer.get('message', 'degraded answer')}")
+    if cited:
+        parts.append("#### Cited sources\n\n" + "\n\n".join(_source_line(c) for c in cited))
+    if others and not answer.get("degraded"):
+        parts.append("#### Also consulted\n\n" + "\n\n".join(_source_line(s) for s in others))
+    return "\n\n".join(parts) or "_No sources._"
 
 
 def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from tests.conftest import DATA, ROOT
 pytestmark = pytest.mark.e2e
 
 KB = str(Path(sys.executable).parent / "kb")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 LLM_PYTHON = ROOT / ".venv-llm" / "bin" / "python"
 MODELS = ROOT / "var" / "models"
 
@@ -165,6 +169,28 @@ def test_chat_ui_is_served(stack: Stack) -> None:
     r = httpx.get(f"{stack.url}/ui/", timeout=30, follow_redirects=True)
     assert r.status_code == 200
     assert "gradio" in r.text.lower()
+
+
+def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
+    if not shutil.which("chromium"):
+        pytest.fail("chromium is not installed: .ci/run installs it with apt-get (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{stack.url}/ui/", wait_until="networkidle")
+            box = page.locator("#kb-question textarea")
+            box.fill("How many days of annual leave do new employees get?")
+            box.press("Enter")
+            # The answer arrives in the conversation and the cited sources are listed below it.
+            expect(page.locator("#kb-sources")).to_contain_text("Leave Policy", timeout=180_000)
+            expect(page.locator("#kb-chat")).to_contain_text("annual leave", timeout=10_000)
+            expect(page.locator("#kb-sources")).to_contain_text("leave-policy.md")
+            page.screenshot(path=str(stack.home / "ui.png"))
+        finally:
+            browser.close()
 
 
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
