@@ -113,27 +113,20 @@ def search(
 ) -> None:
     """Show the ranked chunks for a query, without calling the model."""
     from app.container import Container
+    from app.schemas import SearchResponse
 
     if mode not in (None, "dense", "bm25", "hybrid"):
         fail("--mode must be dense, bm25 or hybrid", 2)
     container = Container(load_settings())
     r = container.query.search(query, kb=kb, top_k=top_k, mode=mode)  # type: ignore[arg-type]
-    hits = [
-        {"rank": i + 1, "score": h.score, "score_kind": h.score_kind, "doc_id": h.chunk.doc_id,
-         "title": h.chunk.title, "page": h.chunk.page, "section": h.chunk.section, "text": h.chunk.text}
-        for i, h in enumerate(r.hits)
-    ]  # fmt: skip
+    response = SearchResponse.from_retrieval(query, r)
     human = "\n\n".join(
-        f"{h['rank']}. [{h['score']:.4f} {h['score_kind']}] {h['title']} ({h['doc_id']}"
-        + (f", page {h['page']}" if h["page"] else "")
-        + f")\n   {' '.join(str(h['text']).split())[:300]}"
-        for h in hits
+        f"{h.rank}. [{h.score:.4f} {h.score_kind}] {h.title} ({h.doc_id}"
+        + (f", page {h.page}" if h.page else "")
+        + f")\n   {' '.join(h.text.split())[:300]}"
+        for h in response.hits
     )
-    emit(
-        {"query": query, "mode": r.mode, "language": r.language, "hits": hits, "timings": r.timings},
-        as_json,
-        human or "no results",
-    )
+    emit(response.model_dump(), as_json, human or "no results")
 
 
 @cli.command()

@@ -6,6 +6,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
+from retrieval.pipeline import Retrieval
 from retrieval.types import Answer, ChatMessage, Citation, SearchMode
 
 KB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -62,6 +63,25 @@ class SearchResponse(BaseModel):
     language: str
     hits: list[SearchHit]
     timings: dict[str, float]
+
+    @classmethod
+    def from_retrieval(cls, query: str, retrieval: Retrieval) -> SearchResponse:
+        hits = [
+            SearchHit(
+                rank=i + 1,
+                score=h.score,
+                score_kind=h.score_kind,
+                doc_id=h.chunk.doc_id,
+                title=h.chunk.title,
+                source=h.chunk.source,
+                page=h.chunk.page,
+                section=h.chunk.section,
+                chunk_id=h.chunk.chunk_id,
+                text=h.chunk.text,
+            )
+            for i, h in enumerate(retrieval.hits)
+        ]
+        return cls(query=query, mode=retrieval.mode, language=retrieval.language, hits=hits, timings=retrieval.timings)
 
 
 class Health(BaseModel):
