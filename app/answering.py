@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 from anyio import to_thread
 
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
-from retrieval.types import Answer, ChatMessage, Generator, SearchFilter, SearchMode
+from retrieval.types import Answer, ChatMessage, Citation, Generator, SearchFilter, SearchMode, Usage
 from serving.citations import check_citations, citation_pattern
 from serving.generator import GeneratorUnavailable
 from serving.prompts import PromptBook, PromptSource
@@ -56,46 +56,145 @@ class AnswerService:
         )  # fmt: skip
 
     async def ask(self, question: Question) -> Answer:
-        started = time.perf_counter()
-        retrieval = await self.retrieve(question)
-        timings = dict(retrieval.timings)
-        answer_id = uuid.uuid4().hex
-        language = retrieval.language
-        if not retrieval.sources:
-            timings["total_ms"] = (time.perf_counter() - started) * 1000
-            return Answer(
-                answer=self._prompts.refusal(language), refused=True, timings=timings, answer_id=answer_id,
-                message="no relevant context found",
-            )  # fmt: skip
-        messages = self._messages(question, retrieval.sources, language)
-        refusal = self._prompts.refusal(language)
-        pattern = citation_pattern(len(retrieval.sources), refusal, language) if self._citation_guard else None
+        turn = await self._prepare(question)
+        if not turn.retrieval.sources:
+            return turn.refusal_answer()
         t = time.perf_counter()
         try:
-            result = await self._generator.generate(messages, pattern=pattern)
+            result = await self._generator.generate(turn.messages, pattern=turn.pattern)
         except GeneratorUnavailable as exc:
             log.warning("degraded answer: %s", exc)
-            timings["total_ms"] = (time.perf_counter() - started) * 1000
-            return Answer(
-                answer="\n\n".join(f"[{s.index}] {s.title}: {s.citation().snippet}" for s in retrieval.sources),
-                citations=[s.citation() for s in retrieval.sources],
-                sources=[s.citation() for s in retrieval.sources],
-                degraded=True, timings=timings, answer_id=answer_id,
-                message="The language model is unavailable; these are the most relevant passages.",
-            )  # fmt: skip
-        timings["generate_ms"] = (time.perf_counter() - t) * 1000
-        check = check_citations(result.text, len(retrieval.sources))
-        refused = refusal.rstrip(".。").lower() in check.text.lower() and not check.cited
-        citations = [retrieval.sources[n - 1].citation() for n in sorted(check.cited)]
-        timings["total_ms"] = (time.perf_counter() - started) * 1000
-        return Answer(
-            answer=check.text, citations=citations, sources=[s.citation() for s in retrieval.sources],
-            refused=refused, grounded=check.grounded,
-            usage=result.usage, timings=timings, answer_id=answer_id,
-        )  # fmt: skip
+            return turn.degraded_answer()
+        turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
+        return turn.final_answer(result.text, result.usage)
+
+    async def stream(self, question: Question) -> AsyncIterator[StreamEvent]:
+        """`token` events, then one `citations` event, then `done`; or `error` if the model fails mid-answer."""
+        turn = await self._prepare(question)
+        if not turn.retrieval.sources:
+            async for event in _replay(turn.refusal_answer()):
+                yield event
+            return
+        parts: list[str] = []
+        usage = Usage()
+        t = time.perf_counter()
+        try:
+            async for delta in self._generator.stream(turn.messages, pattern=turn.pattern):
+                if delta.text:
+                    if not parts:
+                        turn.timings["first_token_ms"] = (time.perf_counter() - turn.started) * 1000
+                    parts.append(delta.text)
+                    yield StreamEvent("token", {"text": delta.text})
+                if delta.usage is not None:
+                    usage = delta.usage
+        except GeneratorUnavailable as exc:
+            log.warning("stream failed: %s", exc)
+            if parts:
+                yield StreamEvent("error", {"code": "llm_unavailable", "message": str(exc)})
+                return
+            async for event in _replay(turn.degraded_answer()):
+                yield event
+            return
+        turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
+        answer = turn.final_answer("".join(parts), usage)
+        yield _citations_event(answer)
+        yield _done_event(answer)
+
+    async def _prepare(self, question: Question) -> _Turn:
+        started = time.perf_counter()
+        retrieval = await self.retrieve(question)
+        language = retrieval.language
+        refusal = self._prompts.refusal(language)
+        guard = self._citation_guard and bool(retrieval.sources)
+        return _Turn(
+            started=started,
+            retrieval=retrieval,
+            refusal=refusal,
+            messages=self._messages(question, retrieval.sources, language) if retrieval.sources else [],
+            pattern=citation_pattern(len(retrieval.sources), refusal, language) if guard else None,
+            timings=dict(retrieval.timings),
+        )
 
     def _messages(self, question: Question, sources: Sequence[Source], language: str) -> list[ChatMessage]:
         prompt_sources = [PromptSource(index=s.index, title=s.title, page=s.page, text=s.text) for s in sources]
         messages = self._prompts.answer_messages(question.text, prompt_sources, language)
         # Earlier turns go between the instructions and the question that carries the sources.
         return [messages[0], *question.history[-6:], *messages[1:]]
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    name: str  # token | citations | done | error
+    data: dict[str, object]
+
+
+@dataclass
+class _Turn:
+    """One question on its way to an answer: what retrieval found and what the model will be sent."""
+
+    started: float
+    retrieval: Retrieval
+    refusal: str
+    messages: list[ChatMessage]
+    pattern: str | None
+    timings: dict[str, float]
+    answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def _sources(self) -> list[Citation]:
+        return [s.citation() for s in self.retrieval.sources]
+
+    def _finish(self) -> dict[str, float]:
+        self.timings["total_ms"] = (time.perf_counter() - self.started) * 1000
+        return self.timings
+
+    def refusal_answer(self) -> Answer:
+        return Answer(
+            answer=self.refusal, refused=True, timings=self._finish(), answer_id=self.answer_id,
+            message="no relevant context found",
+        )  # fmt: skip
+
+    def degraded_answer(self) -> Answer:
+        sources = self._sources()
+        return Answer(
+            answer="\n\n".join(f"[{c.index}] {c.title}: {c.snippet}" for c in sources),
+            citations=sources, sources=sources, degraded=True, timings=self._finish(), answer_id=self.answer_id,
+            message="The language model is unavailable; these are the most relevant passages.",
+        )  # fmt: skip
+
+    def final_answer(self, text: str, usage: Usage) -> Answer:
+        check = check_citations(text, len(self.retrieval.sources))
+        refused = self.refusal.rstrip(".。").lower() in check.text.lower() and not check.cited
+        sources = self._sources()
+        return Answer(
+            answer=check.text, citations=[sources[n - 1] for n in sorted(check.cited)], sources=sources,
+            refused=refused, grounded=check.grounded, usage=usage, timings=self._finish(), answer_id=self.answer_id,
+        )  # fmt: skip
+
+
+def _citations_event(answer: Answer) -> StreamEvent:
+    return StreamEvent(
+        "citations",
+        {
+            "answer": answer.answer,  # the text with invalid markers removed
+            "citations": [c.model_dump() for c in answer.citations],
+            "sources": [c.model_dump() for c in answer.sources],
+            "grounded": answer.grounded,
+        },
+    )
+
+
+def _done_event(answer: Answer) -> StreamEvent:
+    return StreamEvent(
+        "done",
+        {
+            "answer_id": answer.answer_id, "refused": answer.refused, "degraded": answer.degraded,
+            "message": answer.message, "usage": answer.usage.model_dump(), "timings": answer.timings,
+        },
+    )  # fmt: skip
+
+
+async def _replay(answer: Answer) -> AsyncIterator[StreamEvent]:
+    """An answer made without streaming (refusal, degraded) sent as the same sequence of events."""
+    yield StreamEvent("token", {"text": answer.answer})
+    yield _citations_event(answer)
+    yield _done_event(answer)

@@ -24,6 +24,7 @@ class AskRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=50)
     mode: SearchMode | None = None
     history: list[ChatMessage] = Field(default_factory=list, max_length=50)
+    stream: bool = False
 
     _kb = field_validator("kb")(_check_kb)
 

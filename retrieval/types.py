@@ -129,10 +129,19 @@ class GenerationResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class GenerationDelta(BaseModel):
+    """One streamed piece: new text, or (last) the token usage of the whole completion."""
+
+    text: str = ""
+    usage: Usage | None = None
+
+
 @runtime_checkable
 class Generator(Protocol):
     async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
         """`pattern`: a regex the output must match (constrained decoding), where the server supports it."""
         ...
 
-    def stream(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> AsyncIterator[str]: ...
+    def stream(
+        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
+    ) -> AsyncIterator[GenerationDelta]: ...

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI, AsyncStream, Timeout
 from openai.types.chat import ChatCompletionChunk
 
-from retrieval.types import ChatMessage, GenerationResult, Usage
+from retrieval.types import ChatMessage, GenerationDelta, GenerationResult, Usage
 
 
 class GeneratorUnavailable(RuntimeError):
@@ -65,21 +65,30 @@ class OpenAIGenerator:
             )
         return GenerationResult(text=text, usage=usage)
 
-    async def stream(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
+    ) -> AsyncIterator[GenerationDelta]:
         try:
-            stream = await self._client.chat.completions.create(
+            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=self.model,
-                messages=[m.model_dump() for m in messages],  # type: ignore[misc]
+                messages=[m.model_dump() for m in messages],
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 stream=True,
+                stream_options={"include_usage": True},
                 extra_body=self._extra(pattern),
             )
             assert isinstance(stream, AsyncStream)
             event: ChatCompletionChunk
             async for event in stream:
                 if event.choices and event.choices[0].delta.content:
-                    yield event.choices[0].delta.content
+                    yield GenerationDelta(text=event.choices[0].delta.content)
+                if event.usage is not None:
+                    yield GenerationDelta(
+                        usage=Usage(
+                            prompt_tokens=event.usage.prompt_tokens, completion_tokens=event.usage.completion_tokens
+                        )
+                    )
         except (APIConnectionError, APITimeoutError) as exc:
             raise GeneratorUnavailable(f"model server unavailable: {exc}") from exc
         except APIStatusError as exc:

@@ -1,8 +1,12 @@
-"""POST /ask: a grounded answer with citations."""
+"""POST /ask: a grounded answer with citations, whole or streamed as Server-Sent Events."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter
+from fastapi.responses import Response, StreamingResponse
 
 from app.answering import Question
 from app.deps import ContainerDep
@@ -11,8 +15,22 @@ from retrieval.types import Answer
 
 router = APIRouter(tags=["ask"])
 
+_SSE_DOC = {
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": 'With "stream": true: `token` events, one `citations` event, then `done` (or `error`).',
+    }
+}
 
-@router.post("/ask", response_model=Answer)
-async def ask(body: AskRequest, container: ContainerDep) -> Answer:
+
+@router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
+async def ask(body: AskRequest, container: ContainerDep) -> Answer | Response:
     question = Question(text=body.question, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history)
-    return await container.answers.ask(question)
+    if not body.stream:
+        return await container.answers.ask(question)
+
+    async def events() -> AsyncIterator[str]:
+        async for event in container.answers.stream(question):
+            yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

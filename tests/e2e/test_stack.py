@@ -193,6 +193,32 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
             browser.close()
 
 
+def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    payload = {"question": "How many days of annual leave do new employees get?", "stream": True}
+    with httpx.stream("POST", f"{stack.url}/ask", json=payload, timeout=180) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    names = [n for n, _ in events]
+    assert names[-2:] == ["citations", "done"], names
+    assert len(names) > 3 and set(names[:-2]) == {"token"}, names
+    citations = events[-2][1]
+    sources = citations["sources"]
+    assert isinstance(sources, list) and sources[0]["doc_id"] == "leave-policy.md"
+    streamed = "".join(str(d["text"]) for n, d in events if n == "token")
+    assert streamed.strip()
+    done = events[-1][1]
+    usage, timings = done["usage"], done["timings"]
+    assert isinstance(usage, dict) and usage["completion_tokens"] > 0
+    assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]
+
+
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
     endpoint = json.loads((stack.home / "var" / "run" / "milvus-lite.json").read_text())
     stack.proc.send_signal(signal.SIGINT)
