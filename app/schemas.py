@@ -12,21 +12,25 @@ from retrieval.types import Answer, ChatMessage, Citation, SearchMode
 KB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
-def _check_kb(value: str) -> str:
-    if not KB_NAME.match(value):
-        raise ValueError("kb must be 1-64 letters, digits or underscores")
-    return value
+class RetrievalScope(BaseModel):
+    """Where and how to search: shared by every request that retrieves."""
 
-
-class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=4000)
     kb: str = "default"
     top_k: int | None = Field(None, ge=1, le=50)
     mode: SearchMode | None = None
+
+    @field_validator("kb")
+    @classmethod
+    def _check_kb(cls, value: str) -> str:
+        if not KB_NAME.match(value):
+            raise ValueError("kb must be 1-64 letters, digits or underscores")
+        return value
+
+
+class AskRequest(RetrievalScope):
+    question: str = Field(min_length=1, max_length=4000)
     history: list[ChatMessage] = Field(default_factory=list, max_length=50)
     stream: bool = False
-
-    _kb = field_validator("kb")(_check_kb)
 
     @field_validator("question")
     @classmethod
@@ -36,13 +40,8 @@ class AskRequest(BaseModel):
         return value
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RetrievalScope):
     query: str = Field(min_length=1, max_length=4000)
-    kb: str = "default"
-    top_k: int | None = Field(None, ge=1, le=50)
-    mode: SearchMode | None = None
-
-    _kb = field_validator("kb")(_check_kb)
 
 
 class SearchHit(BaseModel):
