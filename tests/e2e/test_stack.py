@@ -97,6 +97,10 @@ QUESTIONS = [
 
 
 def test_startup_printed_the_docs_url(stack: Stack) -> None:
+    # `kb up` announces the URLs once its own health probe succeeds, a moment after ours may have.
+    deadline = time.monotonic() + 15
+    while f"API docs: {stack.url}/docs" not in stack.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert f"API docs: {stack.url}/docs" in stack.log.read_text()
     assert httpx.get(f"{stack.url}/docs", timeout=10).status_code == 200
     ready = httpx.get(f"{stack.url}/readyz", timeout=10).json()
