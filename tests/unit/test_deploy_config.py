@@ -28,8 +28,9 @@ def test_services_are_wired_together() -> None:
 def test_kb_environment_names_real_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = compose()["services"]["kb"]["environment"]
     assert isinstance(env, dict)
+    assert {k for k in env if not k.startswith("KB_")} <= {"HF_HOME"}
+    env = {k: v for k, v in env.items() if k.startswith("KB_")}
     for key, value in env.items():
-        assert key.startswith("KB_")
         monkeypatch.setenv(key, str(value).replace("${KB_POSTGRES_PASSWORD:-change-me}", "pw"))
     monkeypatch.chdir(tmp_path)
     s = Settings()
