@@ -1,0 +1,60 @@
+"""`kb search` and `kb ask`: query the knowledge base from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Optional
+
+import typer
+
+from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
+
+
+@cli.command()
+def search(
+    query: str,
+    kb: KbOpt = "default",
+    top_k: Annotated[int, typer.Option(min=1, max=50)] = 5,
+    mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the ranked chunks for a query, without calling the model."""
+    from app.container import Container
+    from app.schemas import SearchResponse
+
+    if mode not in (None, "dense", "bm25", "hybrid"):
+        fail("--mode must be dense, bm25 or hybrid", 2)
+    container = Container(load_settings())
+    r = container.query.search(query, kb=kb, top_k=top_k, mode=mode)  # type: ignore[arg-type]
+    response = SearchResponse.from_retrieval(query, r)
+    human = "\n\n".join(
+        f"{h.rank}. [{h.score:.4f} {h.score_kind}] {h.title} ({h.doc_id}"
+        + (f", page {h.page}" if h.page else "")
+        + f")\n   {' '.join(h.text.split())[:300]}"
+        for h in response.hits
+    )
+    emit(response.model_dump(), as_json, human or "no results")
+
+
+@cli.command()
+def ask(
+    question: str,
+    kb: KbOpt = "default",
+    top_k: Annotated[Optional[int], typer.Option(min=1, max=50)] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question from the knowledge base, with citations."""
+    from app.answering import Question
+    from app.container import Container
+
+    if not question.strip():
+        fail("the question is empty", 2)
+    container = Container(load_settings())
+    answer = asyncio.run(container.answers.ask(Question(text=question, kb=kb, top_k=top_k)))
+    lines = [answer.answer, ""]
+    if answer.degraded:
+        lines.insert(0, f"[degraded] {answer.message}")
+    lines += [
+        f"[{c.index}] {c.title} ({c.doc_id}" + (f", page {c.page}" if c.page else "") + ")" for c in answer.citations
+    ]
+    emit(answer.model_dump(), as_json, "\n".join(lines).strip())
