@@ -9,9 +9,14 @@ from functools import cached_property
 from app.answering import AnswerService
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
-from ingest.loaders import UnstructuredLoader
+from ingest.documents import DocumentService
+from ingest.jobs import JobStore
+from ingest.loaders import DocumentLoader
+from ingest.ocr import TesseractOCR
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
+from ingest.sources import ArchiveLimits
+from ingest.worker import JobWorker
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.pipeline import QueryPipeline
@@ -66,14 +71,34 @@ class Container:
         chunk_tokens = min(i.chunk_tokens, self.embedder.max_seq_length - 8)
         overlap = min(i.chunk_overlap_tokens, chunk_tokens // 4)
         return IngestPipeline(
-            loader=UnstructuredLoader(),
+            loader=DocumentLoader(
+                max_file_bytes=i.max_file_mb * 1024 * 1024,
+                ocr=TesseractOCR(timeout_s=i.ocr_timeout_s),
+                pdf_batch_pages=i.pdf_batch_pages,
+                min_text_quality=i.min_text_quality,
+            ),
             chunker=StructuredChunker(self.embedder.count_tokens, chunk_tokens=chunk_tokens, overlap_tokens=overlap),
             embedder=self.embedder,
             store=self.store,
             registry=self.registry,
             batch_size=self.settings.embedding.batch_size,
-            max_file_bytes=i.max_file_mb * 1024 * 1024,
+            purge_grace_s=i.purge_grace_s,
         )
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.registry, stale_after_s=self.settings.ingest.job_stale_after_s)
+
+    @cached_property
+    def documents(self) -> DocumentService:
+        return DocumentService(registry=self.registry, pipeline=self.ingest, jobs=self.jobs)
+
+    def worker(self) -> JobWorker:
+        i = self.settings.ingest
+        return JobWorker(
+            jobs=self.jobs, pipeline=self.ingest, uploads_dir=self.settings.home / "uploads",
+            archive_limits=ArchiveLimits(max_total_bytes=i.max_archive_mb * 1024 * 1024),
+        )  # fmt: skip
 
     @cached_property
     def query(self) -> QueryPipeline:
@@ -84,7 +109,11 @@ class Container:
             default_mode=r.mode,
             candidates=r.candidates,
             context_tokens=r.context_tokens,
+            hidden_versions=self._hidden_versions,
         )
+
+    def _hidden_versions(self, kb: str) -> list[tuple[str, int]]:
+        return [(ref.doc_id, ref.version) for ref in self.registry.hidden_versions(kb)]
 
     @cached_property
     def generator(self) -> OpenAIGenerator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,8 +25,17 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.warm_up()
+        stop = threading.Event()
+        worker: threading.Thread | None = None
+        if settings.ingest.worker_in_api:
+            # Jobs queued by `kb ingest` (or the API) are worked here while the server runs.
+            worker = threading.Thread(target=container.worker().run, args=(stop,), name="kb-ingest-worker", daemon=True)
+            worker.start()
         log.info("kb API ready")
         yield
+        stop.set()
+        if worker is not None:
+            worker.join(timeout=30)
         await container.generator.close()
 
     app = FastAPI(

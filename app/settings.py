@@ -81,7 +81,20 @@ class IngestSettings(BaseModel):
     chunk_tokens: int = Field(400, ge=32)
     chunk_overlap_tokens: int = Field(60, ge=0)
     max_file_mb: int = Field(100, ge=1)
+    max_archive_mb: int = Field(1024, ge=1, description="total unpacked size of one zip archive")
     demo_dir: Path = Path("data")
+    # PDFs are parsed this many pages at a time (progress granularity, flat memory on long files).
+    pdf_batch_pages: int = Field(8, ge=1, le=200)
+    # A PDF page whose text layer has a smaller share of clean characters is OCRed instead.
+    min_text_quality: float = Field(0.9, ge=0, le=1)
+    ocr_timeout_s: float = Field(120.0, gt=0)
+    # Retired versions keep their chunks this long after the switch, so queries already under way
+    # still find the version they started with.
+    purge_grace_s: float = Field(2.0, ge=0)
+    # A running job whose worker has not reported for this long is taken over by another worker.
+    job_stale_after_s: float = Field(60.0, ge=5)
+    # `kb serve` / `kb up` run a job worker inside the API process.
+    worker_in_api: bool = True
 
 
 class RetrievalSettings(BaseModel):

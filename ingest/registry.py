@@ -1,28 +1,41 @@
-"""The document registry: which documents exist, their versions and content hashes (SQLAlchemy 2)."""
+"""The document registry: documents, their versions, hashes and states (SQLAlchemy 2; SQLite or any SQL URL).
+
+Readers see exactly one version of a document at any time. The vector store may briefly hold two (the
+new one being indexed, the old one not yet purged); `hidden_versions` names the ones queries must not
+see, and the switch from old to new is the single SQL transaction in `publish`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKeyConstraint,
     Integer,
     String,
     Text,
     create_engine,
+    event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(UTC)
+
+
+class RegistrySchemaError(RuntimeError):
+    pass
 
 
 class Base(DeclarativeBase):
@@ -40,8 +53,9 @@ class DocumentRow(Base):
     status: Mapped[str] = mapped_column(String(32), default="pending")  # pending|ready|failed|deleted
     acl_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class VersionRow(Base):
@@ -53,26 +67,66 @@ class VersionRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(2048), default="")
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(32), default="indexing")  # indexing|ready|failed|replaced
+    # indexing → ready → replaced | deleted; or indexing → failed | interrupted
+    status: Mapped[str] = mapped_column(String(32), default="indexing")
     error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    error_code: Mapped[str] = mapped_column(String(64), default="")
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+    acl_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # False while the vector store may still hold this version's chunks.
+    purged: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    doc_id: str
+    version: int
+
+
+_RETIRED = ("replaced", "deleted", "failed", "interrupted")
 
 
 class Registry:
     def __init__(self, url: str) -> None:
+        connect_args: dict[str, object] = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, future=True)
+            # Workers, the API and the CLI write the same file; wait for a lock instead of failing.
+            connect_args = {"timeout": 30}
+        self.engine: Engine = create_engine(url, future=True, connect_args=connect_args)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._check_schema()
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _check_schema(self) -> None:
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = {c.name for c in table.columns} - have
+            if missing:
+                raise RegistrySchemaError(
+                    f"the registry database was made by an older kb (table {table.name} lacks "
+                    f"{', '.join(sorted(missing))}); move KB_HOME aside and ingest again"
+                )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
 
+    # -- reads ------------------------------------------------------------------------------------
     def document(self, kb: str, doc_id: str) -> DocumentRow | None:
         with self._sessions() as session:
             return session.get(DocumentRow, (kb, doc_id))
@@ -80,17 +134,65 @@ class Registry:
     def current_version(self, kb: str, doc_id: str) -> VersionRow | None:
         with self._sessions() as session:
             doc = session.get(DocumentRow, (kb, doc_id))
-            if doc is None or doc.current_version == 0:
+            if doc is None or doc.current_version == 0 or doc.status == "deleted":
                 return None
             return session.get(VersionRow, (kb, doc_id, doc.current_version))
 
-    def documents(self, kb: str) -> list[DocumentRow]:
+    def documents(self, kb: str, *, include_deleted: bool = False) -> list[DocumentRow]:
         with self._sessions() as session:
-            return list(session.scalars(select(DocumentRow).where(DocumentRow.kb == kb).order_by(DocumentRow.doc_id)))
+            query = select(DocumentRow).where(DocumentRow.kb == kb)
+            if not include_deleted:
+                query = query.where(DocumentRow.status != "deleted")
+            return list(session.scalars(query.order_by(DocumentRow.doc_id)))
 
+    def versions(self, kb: str, doc_id: str) -> list[VersionRow]:
+        with self._sessions() as session:
+            query = select(VersionRow).where(VersionRow.kb == kb, VersionRow.doc_id == doc_id)
+            return list(session.scalars(query.order_by(VersionRow.version.desc())))
+
+    def hidden_versions(self, kb: str) -> list[VersionRef]:
+        """Versions whose chunks may be in the store but that readers must not see."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(VersionRow.doc_id, VersionRow.version, DocumentRow.current_version, DocumentRow.status)
+                .join(DocumentRow, (DocumentRow.kb == VersionRow.kb) & (DocumentRow.doc_id == VersionRow.doc_id))
+                .where(VersionRow.kb == kb, VersionRow.purged.is_(False))
+            ).all()
+        return [
+            VersionRef(doc_id, version)
+            for doc_id, version, current, doc_status in rows
+            if version != current or doc_status == "deleted"
+        ]
+
+    def purgeable(self, kb: str, *, grace_s: float) -> list[VersionRef]:
+        """Retired versions whose chunks can go: queries that started before the switch have finished."""
+        cutoff = now() - timedelta(seconds=grace_s)
+        with self._sessions() as session:
+            rows = session.execute(
+                select(VersionRow.doc_id, VersionRow.version, VersionRow.retired_at).where(
+                    VersionRow.kb == kb, VersionRow.purged.is_(False), VersionRow.status.in_(_RETIRED)
+                )
+            ).all()
+        return [VersionRef(d, v) for d, v, retired in rows if retired is None or _aware(retired) <= cutoff]
+
+    def indexing_versions(self, job_id: str) -> list[VersionRef]:
+        """Versions a job had started but not finished (its worker died mid-file)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(VersionRow.doc_id, VersionRow.version).where(
+                    VersionRow.job_id == job_id, VersionRow.status == "indexing"
+                )
+            ).all()
+        return [VersionRef(d, v) for d, v in rows]
+
+    def knowledge_bases(self) -> list[str]:
+        with self._sessions() as session:
+            return list(session.scalars(select(DocumentRow.kb).distinct()))
+
+    # -- writes -----------------------------------------------------------------------------------
     def begin_version(
         self, kb: str, doc_id: str, *, title: str, source: str, sha256: str, size: int,
-        acl_groups: list[str], tags: list[str],
+        acl_groups: list[str], tags: list[str], job_id: str = "",
     ) -> int:  # fmt: skip
         """Record a new version being indexed; readers keep seeing the current one until `publish`."""
         with self.session() as session:
@@ -99,7 +201,6 @@ class Registry:
                 doc = DocumentRow(kb=kb, doc_id=doc_id, title=title, source=source, status="pending")
                 session.add(doc)
                 session.flush()
-            doc.acl_groups, doc.tags = acl_groups, tags
             last = session.scalar(
                 select(VersionRow.version)
                 .where(VersionRow.kb == kb, VersionRow.doc_id == doc_id)
@@ -107,26 +208,71 @@ class Registry:
                 .limit(1)
             )
             version = (last or 0) + 1
-            session.add(VersionRow(kb=kb, doc_id=doc_id, version=version, sha256=sha256, size_bytes=size))
+            session.add(
+                VersionRow(
+                    kb=kb, doc_id=doc_id, version=version, sha256=sha256, size_bytes=size, source=source,
+                    job_id=job_id, acl_groups=acl_groups, tags=tags,
+                )
+            )  # fmt: skip
             return version
 
-    def publish(self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int) -> None:
+    def publish(
+        self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int,
+        timings: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
+        """The switch: from this commit on, readers see `version` and not the one it replaces."""
         with self.session() as session:
             doc = session.get(DocumentRow, (kb, doc_id))
             row = session.get(VersionRow, (kb, doc_id, version))
             assert doc is not None and row is not None
-            if doc.current_version:
+            if doc.current_version and doc.current_version != version:
                 old = session.get(VersionRow, (kb, doc_id, doc.current_version))
-                if old is not None and old.version != version:
-                    old.status = "replaced"
-            row.status, row.pages, row.chunk_count = "ready", pages, chunks
-            doc.current_version, doc.status, doc.title = version, "ready", title
+                if old is not None and old.status == "ready":
+                    old.status, old.retired_at = "replaced", now()
+            row.status, row.pages, row.chunk_count, row.published_at = "ready", pages, chunks, now()
+            row.timings = timings or {}
+            doc.current_version, doc.status, doc.title, doc.source = version, "ready", title, row.source
+            doc.acl_groups, doc.tags, doc.deleted_at = row.acl_groups, row.tags, None
 
-    def fail(self, kb: str, doc_id: str, version: int, error: str) -> None:
+    def fail(
+        self, kb: str, doc_id: str, version: int, error: str, *, code: str = "failed", status: str = "failed"
+    ) -> None:
         with self.session() as session:
             row = session.get(VersionRow, (kb, doc_id, version))
             doc = session.get(DocumentRow, (kb, doc_id))
             if row is not None:
-                row.status, row.error = "failed", error[:4000]
+                row.status, row.error, row.error_code, row.retired_at = status, error[:4000], code, now()
             if doc is not None and doc.current_version == 0:
                 doc.status = "failed"
+
+    def mark_deleted(self, kb: str, doc_id: str) -> bool:
+        """Hide a document from readers at once; its chunks are purged after the grace period."""
+        with self.session() as session:
+            doc = session.get(DocumentRow, (kb, doc_id))
+            if doc is None or doc.status == "deleted":
+                return False
+            if doc.current_version:
+                row = session.get(VersionRow, (kb, doc_id, doc.current_version))
+                if row is not None and row.status == "ready":
+                    row.status, row.retired_at = "deleted", now()
+            doc.status, doc.deleted_at = "deleted", now()
+            return True
+
+    def mark_purged(self, kb: str, refs: list[VersionRef]) -> None:
+        with self.session() as session:
+            for ref in refs:
+                row = session.get(VersionRow, (kb, ref.doc_id, ref.version))
+                if row is not None:
+                    row.purged = True
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _sqlite_pragmas(connection: object, _record: object) -> None:
+    cursor = connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

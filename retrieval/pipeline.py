@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from retrieval.context import Source, assemble_context
@@ -34,7 +35,10 @@ class QueryPipeline:
         default_mode: SearchMode = "hybrid",
         candidates: int = 30,
         context_tokens: int = 1200,
+        hidden_versions: Callable[[str], Sequence[tuple[str, int]]] | None = None,
     ) -> None:
+        # Asked per query: which (doc_id, version) pairs are mid-switch and must not be seen.
+        self._hidden_versions = hidden_versions
         self._embedder = embedder
         self._store = store
         self._mode = default_mode
@@ -61,9 +65,10 @@ class QueryPipeline:
             vector = self._embedder.embed([question], "query")[0]
             timings["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        hits = self._store.search(
-            kb, question, vector, mode=effective, limit=max(top_k, self._candidates), flt=flt or SearchFilter()
-        )
+        flt = flt or SearchFilter()
+        if self._hidden_versions is not None:
+            flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
+        hits = self._store.search(kb, question, vector, mode=effective, limit=max(top_k, self._candidates), flt=flt)
         timings["search_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         sources = assemble_context(

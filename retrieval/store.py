@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _OUTPUT_FIELDS = [
     "chunk_id", "doc_id", "version", "ordinal", "text", "title", "source", "page",
-    "section", "acl_groups", "tags", "token_count",
+    "section", "category", "acl_groups", "tags", "token_count",
 ]  # fmt: skip
 _MAX_TEXT = 65535
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
@@ -56,6 +56,9 @@ def build_filter(flt: SearchFilter, *, doc_id: str | None = None) -> str:
             groups = ", ".join(literal(g) for g in flt.acl_groups)
             readable = f"({readable} or array_contains_any(acl_groups, [{groups}]))"
         parts.append(readable)
+    if flt.hidden_versions:
+        hidden = " or ".join(f"(doc_id == {literal(d)} and version == {int(v)})" for d, v in flt.hidden_versions)
+        parts.append(f"not ({hidden})")
     return " and ".join(parts)
 
 
@@ -102,6 +105,11 @@ class MilvusStore:
 
     def _check_dimension(self, name: str) -> None:
         info = self._client.describe_collection(name)
+        names = {field.get("name") for field in info.get("fields", [])}
+        if "category" not in names:
+            raise StoreError(
+                f"collection {name} was made by an older kb (no category field): re-index into a new KB_HOME"
+            )
         for field in info.get("fields", []):
             if field.get("name") == "dense":
                 dim = int(field.get("params", {}).get("dim", self.dimension))
@@ -128,6 +136,7 @@ class MilvusStore:
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
         schema.add_field("page", DataType.INT64)
         schema.add_field("section", DataType.VARCHAR, max_length=2048)
+        schema.add_field("category", DataType.VARCHAR, max_length=64)
         schema.add_field("acl_groups", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=256)
         schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=256)
         schema.add_field("token_count", DataType.INT64)
@@ -165,6 +174,7 @@ class MilvusStore:
                 "source": c.source[:2048],
                 "page": c.page if c.page is not None else _NO_PAGE,
                 "section": c.section[:2048],
+                "category": c.category[:64],
                 "acl_groups": c.acl_groups,
                 "tags": c.tags,
                 "token_count": c.token_count,
@@ -252,6 +262,7 @@ class MilvusStore:
             source=entity["source"],
             page=None if page is None or int(page) == _NO_PAGE else int(page),
             section=entity["section"],
+            category=str(entity.get("category") or ""),
             acl_groups=list(entity.get("acl_groups") or []),
             tags=list(entity.get("tags") or []),
             token_count=int(entity["token_count"]),

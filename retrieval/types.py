@@ -22,7 +22,8 @@ class Chunk(BaseModel):
     title: str = ""
     source: str = ""
     page: int | None = None
-    section: str = ""
+    section: str = ""  # heading path, "Chapter > Section"
+    category: str = ""  # unstructured's element category (NarrativeText, Table, ListItem, ...)
     acl_groups: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     token_count: int = 0
@@ -48,6 +49,9 @@ class SearchFilter(BaseModel):
     # None means no ACL restriction (trusted internal caller); a list restricts to chunks readable by
     # any of these groups or by everyone (empty acl_groups on the chunk).
     acl_groups: list[str] | None = None
+    # (doc_id, version) pairs the registry says readers must not see: versions being indexed, or retired
+    # ones whose chunks are not purged yet.
+    hidden_versions: list[tuple[str, int]] = Field(default_factory=list)
 
 
 class Citation(BaseModel):

@@ -24,13 +24,13 @@ def test_ingest_then_search_with_json_output(home: Path) -> None:
     folder = home / "docs"
     write(folder / "vpn.md", "# VPN\n\nConnect with the WireGuard client; VPN access expires after 90 days.\n")
     write(folder / "bad.txt", "")
-    result = CliRunner().invoke(cli, ["ingest", "--json", str(folder)])
+    result = CliRunner().invoke(cli, ["ingest", "--wait", "--json", str(folder)])
     assert result.exit_code == 1  # one file failed
     report = json.loads(result.stdout)
     status = {d["doc_id"]: d["status"] for d in report["documents"]}
     assert status == {"vpn.md": "indexed", "bad.txt": "failed"}
 
-    again = CliRunner().invoke(cli, ["ingest", "--json", str(folder / "vpn.md")])
+    again = CliRunner().invoke(cli, ["ingest", "--wait", "--json", str(folder / "vpn.md")])
     assert again.exit_code == 0
     assert json.loads(again.stdout)["documents"][0]["status"] == "unchanged"
 

@@ -1,0 +1,128 @@
+"""DocumentService: what admins do with documents (submit, list, show, history, delete), for CLI and API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from ingest.errors import LoadError
+from ingest.jobs import JobFile, JobStore
+from ingest.pipeline import IngestPipeline
+from ingest.registry import DocumentRow, Registry, VersionRow
+from ingest.sources import ArchiveLimits, expand_sources
+
+
+class DocumentNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    status: str
+    sha256: str
+    size_bytes: int
+    pages: int | None
+    chunks: int
+    source: str
+    error: str
+    error_code: str
+    job_id: str
+    acl_groups: list[str]
+    tags: list[str]
+    timings: dict[str, float]
+    created_at: datetime
+    published_at: datetime | None
+
+    @classmethod
+    def of(cls, row: VersionRow) -> VersionInfo:
+        return cls(
+            version=row.version, status=row.status, sha256=row.sha256, size_bytes=row.size_bytes, pages=row.pages,
+            chunks=row.chunk_count, source=row.source, error=row.error, error_code=row.error_code, job_id=row.job_id,
+            acl_groups=list(row.acl_groups), tags=list(row.tags), timings=dict(row.timings or {}),
+            created_at=row.created_at, published_at=row.published_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    kb: str
+    doc_id: str
+    title: str
+    source: str
+    status: str
+    current_version: int
+    acl_groups: list[str]
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    current: VersionInfo | None = None
+
+    @classmethod
+    def of(cls, row: DocumentRow, current: VersionRow | None = None) -> DocumentInfo:
+        return cls(
+            kb=row.kb, doc_id=row.doc_id, title=row.title, source=row.source, status=row.status,
+            current_version=row.current_version, acl_groups=list(row.acl_groups), tags=list(row.tags),
+            created_at=row.created_at, updated_at=row.updated_at, current=VersionInfo.of(current) if current else None,
+        )  # fmt: skip
+
+
+class DocumentService:
+    def __init__(self, *, registry: Registry, pipeline: IngestPipeline, jobs: JobStore) -> None:
+        self._registry = registry
+        self._pipeline = pipeline
+        self._jobs = jobs
+
+    def submit(
+        self,
+        paths: Sequence[Path],
+        *,
+        kb: str,
+        uploads_dir: Path,
+        acl_groups: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        doc_id: str | None = None,
+        archive_limits: ArchiveLimits = ArchiveLimits(),
+    ) -> str:
+        """Queue an ingestion job for files, folders and zip archives; returns the job id."""
+        if doc_id is not None and (len(paths) != 1 or paths[0].is_dir()):
+            raise LoadError("a document id can only be given for a single file")
+        job_id = self._jobs.new_id()
+        files = []
+        for source in expand_sources(paths, doc_id=doc_id, extract_dir=uploads_dir / job_id, limits=archive_limits):
+            error = source.error
+            files.append(
+                JobFile(
+                    path=str(source.path.resolve()), doc_id=source.doc_id,
+                    error=str(error) if error else "", error_code=error.code if error else "",
+                )
+            )  # fmt: skip
+        return self._jobs.create(kb, files, acl_groups=list(acl_groups), tags=list(tags), job_id=job_id)
+
+    def documents(self, kb: str, *, include_deleted: bool = False) -> list[DocumentInfo]:
+        return [DocumentInfo.of(row) for row in self._registry.documents(kb, include_deleted=include_deleted)]
+
+    def show(self, kb: str, doc_id: str) -> DocumentInfo:
+        row = self._registry.document(kb, doc_id)
+        if row is None:
+            raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
+        current = next((v for v in self._registry.versions(kb, doc_id) if v.version == row.current_version), None)
+        return DocumentInfo.of(row, current)
+
+    def history(self, kb: str, doc_id: str) -> list[VersionInfo]:
+        if self._registry.document(kb, doc_id) is None:
+            raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
+        return [VersionInfo.of(v) for v in self._registry.versions(kb, doc_id)]
+
+    def delete(self, kb: str, doc_id: str) -> bool:
+        """Hide the document from queries now, then remove its chunks. False if it was already deleted."""
+        if self._registry.document(kb, doc_id) is None:
+            raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
+        if not self._registry.mark_deleted(kb, doc_id):
+            return False
+        time.sleep(self._pipeline.purge_grace_s)
+        self._pipeline.purge(kb)
+        return True
