@@ -47,12 +47,28 @@ class TesseractOCR:
         script, rotate = self._orientation(png)
         if rotate:
             png = _png(Image.open(BytesIO(png)).rotate(-rotate, expand=True))
-        lang = "chi_sim" if script in _CJK_SCRIPTS or script is None else "eng"
-        text = self._run(png, ["-l", lang, "--psm", "3"])
-        if lang == "chi_sim":
-            # chi_sim emits a space between every pair of Chinese characters.
-            text = re.sub(r"(?<=[\u3000-\u9fff\uff00-\uffef])\s+(?=[\u3000-\u9fff\uff00-\uffef])", "", text)
+        if script is None:
+            # Too little text for script detection: read it both ways and keep the more confident one.
+            text = max((self._read(png, lang) for lang in ("eng", "chi_sim")), key=lambda r: r[1])[0]
+        else:
+            text = self._read(png, "chi_sim" if script in _CJK_SCRIPTS else "eng")[0]
         return text.strip()
+
+    def _read(self, png: bytes, lang: str) -> tuple[str, float]:
+        """Text with paragraph breaks, and the mean word confidence (0-100)."""
+        tsv = self._run(png, ["-l", lang, "--psm", "3", "tsv"])
+        paragraphs: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+        confidences = []
+        for row in tsv.splitlines()[1:]:
+            cols = row.split("\t")
+            if len(cols) < 12 or cols[0] != "5" or not cols[11].strip():
+                continue
+            paragraphs.setdefault((cols[1], cols[2], cols[3]), {}).setdefault(cols[4], []).append(cols[11])
+            confidences.append(float(cols[10]))
+        text = "\n\n".join(
+            "\n".join(_join_words(words) for words in lines.values()) for lines in paragraphs.values()
+        )
+        return text, (sum(confidences) / len(confidences) if confidences else 0.0)
 
     def _orientation(self, png: bytes) -> tuple[str | None, int]:
         # OSD needs a page of text; on sparse pages it gives up, and chi_sim (which also reads Latin
@@ -80,6 +96,18 @@ class TesseractOCR:
         if proc.returncode != 0:
             raise LoadError(f"tesseract failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
         return proc.stdout.decode("utf-8", errors="replace")
+
+
+def _join_words(words: list[str]) -> str:
+    # chi_sim reports Chinese characters as separate words: no space between them, one between Latin words.
+    out = words[0]
+    for word in words[1:]:
+        out += word if _is_cjk(out[-1]) or _is_cjk(word[0]) else " " + word
+    return out
+
+
+def _is_cjk(char: str) -> bool:
+    return "\u3000" <= char <= "\u9fff" or "\uff00" <= char <= "\uffef"
 
 
 def _png(image: Image.Image) -> bytes:

@@ -206,6 +206,18 @@ class MilvusStore:
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- reads --------------------------------------------------------------------------------
+    def document_chunks(self, kb: str, doc_id: str, *, limit: int = 16384) -> list[Chunk]:
+        """Every stored chunk of a document, all versions, in version then reading order (admin views, tests)."""
+        name = self.collection(kb)
+        if name not in self._ready and not self._client.has_collection(name):
+            return []
+        self.ensure_collection(kb)
+        rows = self._client.query(
+            name, filter=build_filter(SearchFilter(), doc_id=doc_id), output_fields=_OUTPUT_FIELDS, limit=limit
+        )
+        chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine").chunk for row in rows]
+        return sorted(chunks, key=lambda c: (c.version, c.ordinal))
+
     def search(
         self,
         kb: str,
