@@ -65,9 +65,7 @@ class TesseractOCR:
                 continue
             paragraphs.setdefault((cols[1], cols[2], cols[3]), {}).setdefault(cols[4], []).append(cols[11])
             confidences.append(float(cols[10]))
-        text = "\n\n".join(
-            "\n".join(_join_words(words) for words in lines.values()) for lines in paragraphs.values()
-        )
+        text = "\n\n".join("\n".join(_join_words(words) for words in lines.values()) for lines in paragraphs.values())
         return text, (sum(confidences) / len(confidences) if confidences else 0.0)
 
     def _orientation(self, png: bytes) -> tuple[str | None, int]:

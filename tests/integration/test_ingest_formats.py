@@ -6,7 +6,6 @@ Assertions are on what lands in the index: text content, page numbers, heading p
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
