@@ -68,6 +68,8 @@ class PdfPages:
             if self._reader.is_encrypted and not self._reader.decrypt(""):
                 raise EncryptedFile(f"{path.name} is password-protected; remove the password and upload it again")
             self.pages = len(self._reader.pages)
+        except EncryptedFile:
+            raise
         except FileNotDecryptedError as exc:
             raise EncryptedFile(f"{path.name} is password-protected; remove the password and upload it again") from exc
         except (PdfReadError, ValueError, KeyError, OSError) as exc:
