@@ -201,8 +201,9 @@ class IngestPipeline:
             report("chunking")
             pieces = session.feed(elements)
             t = timer.add("chunk_ms", t)
+            base = written + len(pending)
             pending.extend(
-                self._chunk(p, ordinal=written + len(pending) + i, doc_id=doc_id, version=version, kb=kb,
+                self._chunk(p, ordinal=base + i, doc_id=doc_id, version=version, kb=kb,
                             title=title, source=str(path), acl_groups=acl_groups, tags=tags)
                 for i, p in enumerate(pieces)
             )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ class SentenceTransformerEmbedder:
         if dim is None:
             raise ValueError(f"embedding model {model} does not report its dimension")
         self._dimension = int(dim)
+        self._lock = threading.Lock()
 
     @property
     def dimension(self) -> int:
@@ -121,14 +123,18 @@ class SentenceTransformerEmbedder:
         if not texts:
             return []
         prefix = self.profile.query_prefix if kind == "query" else self.profile.passage_prefix
-        vectors = self._model.encode(
-            [prefix + t for t in texts],
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        # The Hugging Face fast tokenizer keeps padding/truncation state on the shared object; the API's
+        # query threads and the ingest worker embedding at once corrupt each other's batches without this.
+        with self._lock:
+            vectors = self._model.encode(
+                [prefix + t for t in texts],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return [[float(x) for x in row] for row in vectors.tolist()]
 
     def count_tokens(self, text: str) -> int:
-        return len(self._model.tokenizer.encode(text, add_special_tokens=False))
+        with self._lock:
+            return len(self._model.tokenizer.encode(text, add_special_tokens=False))

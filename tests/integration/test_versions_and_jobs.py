@@ -1,0 +1,188 @@
+"""Versions, the atomic switch, deletes, and jobs that survive `kill -9` of their worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.container import Container, lite_layout
+from app.settings import Settings
+from ingest.documents import DocumentNotFound
+from retrieval.milvus_connect import start_lite_server
+from retrieval.types import SearchFilter
+from tests.conftest import ROOT
+from tests.integration import docgen
+from tests.integration.conftest import write
+
+pytestmark = pytest.mark.integration
+
+
+def test_same_version_gives_the_same_chunk_ids(container: Container, tmp_path: Path) -> None:
+    f = write(tmp_path / "ids.md", "# Ids\n\n" + "Stable identifiers matter for upserts. " * 80)
+    a = container.ingest.ingest_file(f, doc_id="ids.md", kb="ids_a")
+    b = container.ingest.ingest_file(f, doc_id="ids.md", kb="ids_b")
+    assert a.status == b.status == "indexed" and a.chunks > 1
+    ids_a = [c.chunk_id for c in container.store.document_chunks("ids_a", "ids.md")]
+    ids_b = [c.chunk_id for c in container.store.document_chunks("ids_b", "ids.md")]
+    assert ids_a == ids_b and len(set(ids_a)) == len(ids_a)
+
+
+def test_queries_see_exactly_one_version_while_a_document_is_replaced(container: Container, tmp_path: Path) -> None:
+    kb, doc_id = "switch", "rota.md"
+    f = tmp_path / "rota.md"
+
+    def version_text(n: int) -> str:
+        return f"# Rota\n\nThe on-call rota revision {n} names engineer number {n} for weekends.\n" * 3
+
+    f.write_text(version_text(1))
+    assert container.ingest.ingest_file(f, doc_id=doc_id, kb=kb).status == "indexed"
+    seen: list[set[int]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            r = container.query.search("on-call rota weekends", kb=kb, top_k=10, flt=SearchFilter(doc_ids=[doc_id]))
+            seen.append({h.chunk.version for h in r.hits})
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for n in range(2, 5):
+            f.write_text(version_text(n))
+            assert container.ingest.ingest_file(f, doc_id=doc_id, kb=kb).status == "indexed"
+            container.ingest.purge(kb, grace_s=0)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 5
+    assert all(len(versions) == 1 for versions in seen), [v for v in seen if len(v) != 1][:5]
+    assert {h.chunk.version for h in container.query.search("rota", kb=kb).hits} == {4}
+    history = container.documents.history(kb, doc_id)
+    assert [v.status for v in history] == ["ready", "replaced", "replaced", "replaced"]
+    assert {c.version for c in container.store.document_chunks(kb, doc_id)} == {4}
+
+
+def test_delete_hides_at_once_and_purges(container: Container, tmp_path: Path) -> None:
+    kb = "deletes"
+    f = write(tmp_path / "gone.md", "# Gone\n\nThe old badge office is in building C.\n")
+    container.ingest.ingest_file(f, doc_id="gone.md", kb=kb)
+    assert container.query.search("badge office building", kb=kb).hits
+    assert container.documents.delete(kb, "gone.md") is True
+    assert container.query.search("badge office building", kb=kb).hits == []
+    assert container.store.document_chunks(kb, "gone.md") == []
+    assert container.documents.show(kb, "gone.md").status == "deleted"
+    assert container.documents.delete(kb, "gone.md") is False
+    with pytest.raises(DocumentNotFound):
+        container.documents.delete(kb, "never.md")
+    # Re-adding identical content after a delete indexes it again.
+    assert container.ingest.ingest_file(f, doc_id="gone.md", kb=kb).status == "indexed"
+
+
+def test_docs_and_jobs_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+    f = write(tmp_path / "faq.md", "# FAQ\n\nLunch is served from noon to two.\n")
+    run = CliRunner().invoke
+    result = run(cli, ["ingest", "--wait", "--acl", "staff", "--tag", "faq", str(f)])
+    assert result.exit_code == 0, result.output
+    listed = run(cli, ["docs", "list", "--json"])
+    import json
+
+    docs = json.loads(listed.stdout)
+    assert [(d["doc_id"], d["acl_groups"], d["tags"]) for d in docs] == [("faq.md", ["staff"], ["faq"])]
+    shown = json.loads(run(cli, ["docs", "show", "--json", "faq.md"]).stdout)
+    assert shown["current"]["chunks"] >= 1 and shown["current"]["sha256"]
+    jobs = json.loads(run(cli, ["jobs", "list", "--json"]).stdout)
+    job = json.loads(run(cli, ["jobs", "show", "--json", jobs[0]["job_id"]]).stdout)
+    assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
+    assert set(job["timings_ms"]) >= {"parse_ms", "chunk_ms", "embed_ms", "index_ms"}
+    assert run(cli, ["docs", "delete", "faq.md"]).exit_code == 0
+    history = json.loads(run(cli, ["docs", "history", "--json", "faq.md"]).stdout)
+    assert [v["status"] for v in history] == ["deleted"]
+    missing = run(cli, ["docs", "show", "nope.md"])
+    assert missing.exit_code == 1 and "no document" in missing.output
+    assert run(cli, ["jobs", "show", "0" * 32]).exit_code == 1
+
+
+@pytest.fixture
+def shared_home(tmp_path: Path) -> Iterator[Path]:
+    """A KB_HOME served by a `milvus-lite server`, as under `kb up`, so two processes can share it."""
+    home = tmp_path / "var"
+    proc = start_lite_server(lite_layout(Settings(home=home)))
+    yield home
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_a_job_whose_worker_is_killed_resumes_without_duplicates_or_orphans(shared_home: Path, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    docgen.long_pdf(docs / "a-manual.pdf", pages=24)
+    docgen.long_pdf(docs / "b-manual.pdf", pages=12)
+    write(docs / "c-note.md", "# Note\n\nThe loading dock closes at five.\n")
+    settings = Settings(
+        home=shared_home, embedding={"batch_size": 8}, ingest={"pdf_batch_pages": 2, "purge_grace_s": 0}
+    )
+    container = Container(settings)
+    job_id = container.documents.submit([docs], kb="default", uploads_dir=shared_home / "uploads")
+
+    env = {
+        **os.environ,
+        "KB_HOME": str(shared_home),
+        "KB_EMBEDDING__BATCH_SIZE": "8",
+        "KB_INGEST__PDF_BATCH_PAGES": "2",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "jobs", "work", "--until-idle"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            view = container.jobs.get(job_id)
+            assert view is not None
+            if view.job.chunks_done >= 16 and view.job.files_done == 0:
+                break  # mid-way through the first PDF, with chunks already in Milvus
+            assert worker.poll() is None, "worker exited before it could be killed"
+            assert time.monotonic() < deadline, "worker made no progress"
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    half = container.jobs.get(job_id)
+    assert half is not None and half.job.state == "running"
+    partial = container.store.document_chunks("default", "a-manual.pdf")
+    assert partial, "the killed worker should have left chunks behind"
+
+    # A new worker notices the dead one, rolls back the half-indexed version and finishes the job.
+    assert container.worker().run(until_idle=True) == 1
+    done = container.jobs.get(job_id)
+    assert done is not None and done.job.state == "done" and done.job.attempts == 2
+    assert [i.status for i in done.items] == ["indexed", "indexed", "indexed"]
+    history = container.documents.history("default", "a-manual.pdf")
+    assert [v.status for v in history] == ["ready", "interrupted"]
+
+    total = 0
+    for doc_id in ("a-manual.pdf", "b-manual.pdf", "c-note.md"):
+        current = container.registry.current_version("default", doc_id)
+        assert current is not None
+        stored = container.store.document_chunks("default", doc_id)
+        ids = [c.chunk_id for c in stored]
+        assert len(ids) == len(set(ids)) == current.chunk_count, doc_id  # no duplicates
+        assert {c.version for c in stored} == {current.version}, doc_id  # no orphans of the killed version
+        total += current.chunk_count
+    assert container.store.count("default") == total
+    assert container.registry.hidden_versions("default") == []
+    container.store._client.close()
