@@ -70,3 +70,40 @@ def test_sentence_like_titles_are_not_headings() -> None:
 def test_overlap_must_be_smaller_than_the_chunk() -> None:
     with pytest.raises(ValueError, match="overlap"):
         StructuredChunker(words, chunk_tokens=10, overlap_tokens=10)
+
+
+def test_heading_path_follows_levels() -> None:
+    d = doc(
+        Element("Handbook", "Title", depth=0),
+        Element("Leave", "Title", depth=1),
+        Element("Annual", "Title", depth=2),
+        Element("Fifteen days a year.", "NarrativeText"),
+        Element("Sick", "Title", depth=2),
+        Element("Ten days a year.", "NarrativeText"),
+        Element("Travel", "Title", depth=1),
+        Element("Book in the portal.", "NarrativeText"),
+    )
+    chunks = StructuredChunker(words, chunk_tokens=100, overlap_tokens=0).split(d)
+    assert [c.section for c in chunks] == ["Leave > Annual", "Leave > Sick", "Travel"]
+    assert chunks[0].text.startswith("Leave > Annual\n")
+
+
+def test_table_chunks_repeat_the_header_and_never_split_a_row() -> None:
+    rows = "".join(f"<tr><td>R{i}</td><td>value {i} with several words</td></tr>" for i in range(40))
+    html = f"<table><tr><th>Key</th><th>Value</th></tr>{rows}</table>"
+    d = doc(Element("Limits", "Title"), Element("table text", "Table", page=3, html=html))
+    chunks = StructuredChunker(words, chunk_tokens=60, overlap_tokens=10).split(d)
+    assert len(chunks) > 3
+    seen = []
+    for c in chunks:
+        assert c.category == "Table" and c.page == 3 and c.section == "Limits"
+        lines = c.text.splitlines()
+        assert lines[1:3] == ["| Key | Value |", "| --- | --- |"]
+        seen += [line for line in lines[3:]]
+    assert seen == [f"| R{i} | value {i} with several words |" for i in range(40)]
+
+
+def test_pipes_in_cells_are_escaped() -> None:
+    html = "<table><tr><td>a|b</td><td>c</td></tr><tr><td>1</td><td>2</td></tr></table>"
+    chunks = StructuredChunker(words, chunk_tokens=60, overlap_tokens=0).split(doc(Element("t", "Table", html=html)))
+    assert chunks[0].text.splitlines()[0] == "| a\\|b | c |"
