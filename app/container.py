@@ -138,6 +138,11 @@ class Container:
             citation_guard=self.settings.llm.citation_guard,
         )
 
+    def warm_up_ingest(self) -> None:
+        """Load what ingestion needs (models, parsers, connections) before timing or serving it."""
+        _ = self.ingest, self.jobs, self.documents
+        self.embedder.embed(["warm-up"], "passage")
+
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
         _ = self.embedder, self.store, self.registry, self.ingest, self.query, self.answers

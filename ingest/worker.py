@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ingest.jobs import JobStore, worker_name
-from ingest.pipeline import IngestPipeline, Progress
+from ingest.pipeline import FileTask, IngestPipeline, IngestResult, Progress
 from ingest.sources import ArchiveLimits
 
 log = logging.getLogger(__name__)
@@ -79,26 +79,32 @@ class JobWorker:
         beating = threading.Event()
         beater = threading.Thread(target=self._heartbeat, args=(job_id, beating), daemon=True)
         beater.start()
-        indexed = False
+        results = []
         try:
-            for item in self._jobs.pending_items(job_id):
-                self._jobs.start_item(job_id, item.ordinal, path=item.path)
+            tasks = [
+                FileTask(path=Path(i.path), doc_id=i.doc_id, key=i.ordinal) for i in self._jobs.pending_items(job_id)
+            ]
 
-                def report(p: Progress, _job: str = job_id) -> None:
-                    self._jobs.progress(
-                        _job, stage=p.stage, pages_done=p.pages_done, pages_total=p.pages_total,
-                        chunks_done=p.chunks_done, timings=p.timings,
-                    )  # fmt: skip
+            def started(task: FileTask) -> None:
+                self._jobs.start_item(job_id, task.key, path=str(task.path))
 
-                result = self._pipeline.ingest_file(
-                    Path(item.path), doc_id=item.doc_id, kb=job.kb, acl_groups=job.acl_groups, tags=job.tags,
-                    job_id=job_id, on_progress=report,
+            def report(_task: FileTask, p: Progress) -> None:
+                self._jobs.progress(
+                    job_id, stage=p.stage, pages_done=p.pages_done, pages_total=p.pages_total,
+                    chunks_done=p.chunks_done, timings=p.timings,
                 )  # fmt: skip
-                indexed = indexed or result.status == "indexed"
+
+            def finished(task: FileTask, r: IngestResult) -> None:
                 self._jobs.finish_item(
-                    job_id, item.ordinal, status=result.status, version=result.version, pages=result.pages,
-                    chunks=result.chunks, error=result.error, error_code=result.error_code, timings=result.timings,
+                    job_id, task.key, status=r.status, version=r.version, pages=r.pages, chunks=r.chunks,
+                    error=r.error, error_code=r.error_code, timings=r.timings,
                 )  # fmt: skip
+
+            results = self._pipeline.ingest_many(
+                tasks, kb=job.kb, acl_groups=job.acl_groups, tags=job.tags, job_id=job_id,
+                on_start=started, on_progress=report, on_result=finished,
+            )  # fmt: skip
+            indexed = any(r.status == "indexed" for r in results)
             if indexed:
                 time.sleep(self._pipeline.purge_grace_s)
                 self._pipeline.purge(job.kb)
