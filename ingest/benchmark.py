@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,9 @@ class MemoryBench:
     baseline_peak_rss_mb: float
 
 
-def bench_dataset(build: Callable[[Path], Any], dataset: Path) -> IngestBench:
-    """`build(home)` returns a Container for a fresh KB_HOME (the bench must not touch real data)."""
-    with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
-        container = build(Path(tmp))
+def bench_dataset(build: Callable[[Path], AbstractContextManager[Any]], dataset: Path) -> IngestBench:
+    """`build(home)` gives a Container for a fresh KB_HOME (the bench must not touch real data)."""
+    with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp, build(Path(tmp)) as container:
         container.warm_up_ingest()
         t0 = time.perf_counter()
         job_id = container.documents.submit([dataset], kb="bench", uploads_dir=Path(tmp) / "uploads")
@@ -65,7 +65,6 @@ def bench_dataset(build: Callable[[Path], Any], dataset: Path) -> IngestBench:
         for start in range(0, len(texts), batch):
             embedder.embed(texts[start : start + batch], "passage")
         raw_s = time.perf_counter() - t1
-        container.store._client.close()
     chunks = len(texts)
     rate = chunks / seconds if seconds else 0.0
     raw = chunks / raw_s if raw_s else 0.0

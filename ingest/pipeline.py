@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -119,7 +120,11 @@ class _FileRun:
 
 
 class _BatchWriter:
-    """Collects chunks of consecutive files into full embedding batches; publishes each file when done."""
+    """Collects chunks of consecutive files into full embedding batches; publishes each file when done.
+
+    Writing batch N to Milvus overlaps with embedding batch N+1 (one writer thread): the insert waits on
+    the Milvus server (BM25 analysis, index updates) while the CPU embeds.
+    """
 
     def __init__(self, pipeline: IngestPipeline, kb: str, *, batch: int, on_finished: Callable[[_FileRun], None]):
         self._pipeline = pipeline
@@ -128,6 +133,8 @@ class _BatchWriter:
         self._on_finished = on_finished
         self._pending: list[tuple[_FileRun, Chunk]] = []
         self._open: list[_FileRun] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-index")
+        self._inflight: tuple[list[tuple[_FileRun, Chunk]], Future[float], float] | None = None
 
     def add(self, run: _FileRun, chunks: list[Chunk]) -> None:
         if run not in self._open:
@@ -144,13 +151,21 @@ class _BatchWriter:
         self._close_finished()
 
     def drain(self) -> None:
-        while self._pending:
-            self._write_batch()
-        self._close_finished()
+        try:
+            while self._pending:
+                self._write_batch()
+            self._settle()
+            self._close_finished()
+        finally:
+            self._executor.shutdown(wait=True)
 
     def fail(self, run: _FileRun, exc: BaseException) -> None:
         if run.closed:
             return
+        if self._inflight is not None and any(r is run for r, _ in self._inflight[0]):
+            self._settle()  # its chunks must have landed before the rollback deletes them
+            if run.closed:
+                return
         run.closed = True
         self._pending = [(r, c) for r, c in self._pending if r is not run]
         if run in self._open:
@@ -166,8 +181,28 @@ class _BatchWriter:
         runs = {id(r): r for r, _ in batch}
         for run in runs.values():
             run.report("embedding")
+        chunks = [c for _, c in batch]
         try:
-            embed_s, index_s = self._pipeline.write(self._kb, [c for _, c in batch])
+            vectors, embed_s = self._pipeline.embed(chunks)
+        except Exception as exc:  # noqa: BLE001 - the files in this batch fail and are rolled back; others go on
+            for run in runs.values():
+                self.fail(run, exc)
+            return
+        self._settle()
+        batch = [(r, c) for r, c in batch if not r.closed]
+        if batch:
+            future = self._executor.submit(self._pipeline.store_batch, self._kb, [c for _, c in batch], vectors)
+            self._inflight = (batch, future, embed_s)
+
+    def _settle(self) -> None:
+        """Wait for the batch being written, then account for it and publish files it completed."""
+        if self._inflight is None:
+            return
+        batch, future, embed_s = self._inflight
+        self._inflight = None
+        runs = {id(r): r for r, _ in batch}
+        try:
+            index_s = future.result()
         except Exception as exc:  # noqa: BLE001 - the files in this batch fail and are rolled back; others go on
             for run in runs.values():
                 self.fail(run, exc)
@@ -362,13 +397,15 @@ class IngestPipeline:
             writer.add(run, chunks)
             run.report("parsing")
 
-    def write(self, kb: str, chunks: Sequence[Chunk]) -> tuple[float, float]:
-        """Embed and store one batch; returns (embed seconds, index seconds)."""
-        t0 = time.perf_counter()
+    def embed(self, chunks: Sequence[Chunk]) -> tuple[list[list[float]], float]:
+        t = time.perf_counter()
         vectors = self._embedder.embed([c.text for c in chunks], "passage")
-        t1 = time.perf_counter()
+        return vectors, time.perf_counter() - t
+
+    def store_batch(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> float:
+        t = time.perf_counter()
         self._store.upsert(kb, chunks, vectors)
-        return t1 - t0, time.perf_counter() - t1
+        return time.perf_counter() - t
 
     def publish(self, kb: str, run: _FileRun) -> None:
         self._registry.publish(

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -31,8 +33,9 @@ def bench_ingest(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,  # noqa: UP045
 ) -> None:
     """Chunks/s end to end (fresh Milvus Lite, real jobs) beside raw embedding chunks/s of the same model."""
-    from app.container import Container
+    from app.container import Container, lite_layout
     from ingest.benchmark import bench_dataset, bench_memory, make_long_pdf
+    from retrieval.milvus_connect import start_lite_server
 
     settings = load_settings()
     sets = dataset or _DEFAULT_SETS
@@ -40,10 +43,19 @@ def bench_ingest(
     if missing:
         fail(f"no such dataset folder: {', '.join(missing)}")
 
-    def build(home: Path) -> Container:
+    @contextmanager
+    def build(home: Path) -> Iterator[Container]:
         fresh = Settings(**{**settings.model_dump(), "home": home, "models_dir": settings.models_path})
         fresh.milvus.uri = ""  # always a private Milvus Lite, never the user's server
-        return Container(fresh)
+        # Served by its own process, as under `kb up`, so that Milvus' work does not share our GIL.
+        server = start_lite_server(lite_layout(fresh))
+        try:
+            container = Container(fresh)
+            yield container
+            container.store._client.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
     results = []
     for folder in sets:
@@ -103,7 +115,8 @@ def _update(path: Path, table: str) -> None:
     section = (
         f"{_BEGIN}\n## Ingestion throughput and memory ({date.today().isoformat()})\n\n"
         "Command: `kb bench ingest --write docs/BENCHMARKS.md` (defaults: ../shared/eval/xquad_en/docs and "
-        "../shared/eval/docs_formats; a generated 500-page PDF for peak RSS).\n\n"
+        "../shared/eval/docs_formats; a generated 500-page PDF for peak RSS). Each dataset goes into a fresh "
+        "KB_HOME served by its own `milvus-lite server` process, as under `kb up`.\n\n"
         f"{table}\n{_END}"
     )
     text = path.read_text() if path.exists() else "# Benchmarks\n"
