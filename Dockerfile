@@ -1,7 +1,8 @@
 # The kb API image (the model server runs in its own container: see docker-compose.yml).
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends libmagic1 poppler-utils \
-        tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim && rm -rf /var/lib/apt/lists/*
+COPY scripts/system-packages.txt scripts/system-packages.txt
+RUN apt-get update && grep -v '^#' scripts/system-packages.txt | xargs apt-get install -y --no-install-recommends \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY scripts/constraints.txt scripts/constraints.txt
 RUN pip install --no-cache-dir torch==2.13.0

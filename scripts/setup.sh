@@ -10,6 +10,19 @@ PYTHON=${PYTHON:-python3}
 export PIP_CONSTRAINT="$PWD/scripts/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 WITH_LLM=${WITH_LLM:-1}
 
+# System packages (OCR, LibreOffice, libmagic): installed when missing and we may; otherwise kb still runs
+# and names what is missing when a file needs it.
+if ! command -v tesseract >/dev/null || ! command -v soffice >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing system packages (scripts/system-packages.txt)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    grep -v '^#' scripts/system-packages.txt | xargs apt-get install -y -qq --no-install-recommends >/dev/null
+  else
+    echo "setup: note: install $(grep -v '^#' scripts/system-packages.txt | tr '\n' ' ')for OCR and legacy office files" >&2
+  fi
+fi
+
 stamp() { cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; }
 
 if [ "$(cat .venv/.kb-stamp 2>/dev/null)" != "$(stamp)" ]; then
