@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from pathlib import Path
 
 from app.answering import AnswerService
 from app.settings import Settings
@@ -91,14 +92,21 @@ class Container:
 
     @cached_property
     def documents(self) -> DocumentService:
-        return DocumentService(registry=self.registry, pipeline=self.ingest, jobs=self.jobs)
+        # Queueing a job needs only the database; models and Milvus are opened when a delete needs them.
+        return DocumentService(registry=self.registry, pipeline=lambda: self.ingest, jobs=self.jobs)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.settings.home / "uploads"
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(max_total_bytes=self.settings.ingest.max_archive_mb * 1024 * 1024)
 
     def worker(self) -> JobWorker:
-        i = self.settings.ingest
         return JobWorker(
-            jobs=self.jobs, pipeline=self.ingest, uploads_dir=self.settings.home / "uploads",
-            archive_limits=ArchiveLimits(max_total_bytes=i.max_archive_mb * 1024 * 1024),
-        )  # fmt: skip
+            jobs=self.jobs, pipeline=self.ingest, uploads_dir=self.uploads_dir, archive_limits=self.archive_limits
+        )
 
     @cached_property
     def query(self) -> QueryPipeline:

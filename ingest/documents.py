@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,7 +71,7 @@ class DocumentInfo:
 
 
 class DocumentService:
-    def __init__(self, *, registry: Registry, pipeline: IngestPipeline, jobs: JobStore) -> None:
+    def __init__(self, *, registry: Registry, pipeline: Callable[[], IngestPipeline], jobs: JobStore) -> None:
         self._registry = registry
         self._pipeline = pipeline
         self._jobs = jobs
@@ -123,6 +123,7 @@ class DocumentService:
             raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
         if not self._registry.mark_deleted(kb, doc_id):
             return False
-        time.sleep(self._pipeline.purge_grace_s)
-        self._pipeline.purge(kb)
+        pipeline = self._pipeline()
+        time.sleep(pipeline.purge_grace_s)
+        pipeline.purge(kb)
         return True

@@ -57,11 +57,10 @@ def ingest(  # noqa: PLR0917 - typer maps parameters to options
     settings = load_settings()
     container = _container(settings)
     service: DocumentService = container.documents
-    worker = container.worker()
     try:
         job_id = service.submit(
-            paths, kb=kb, uploads_dir=worker.uploads_dir, acl_groups=acl or [], tags=tag or [], doc_id=doc_id,
-            archive_limits=worker.archive_limits,
+            paths, kb=kb, uploads_dir=container.uploads_dir, acl_groups=acl or [], tags=tag or [], doc_id=doc_id,
+            archive_limits=container.archive_limits,
         )  # fmt: skip
     except LoadError as exc:
         fail(str(exc), 2)
@@ -76,7 +75,7 @@ def ingest(  # noqa: PLR0917 - typer maps parameters to options
         return
     if not container.jobs.live_workers():
         # No worker is running (no `kb up`): this process works the queue while it shows progress.
-        runner = threading.Thread(target=worker.run, kwargs={"until_idle": True}, daemon=True)
+        runner = threading.Thread(target=container.worker().run, kwargs={"until_idle": True}, daemon=True)
         runner.start()
     view = _follow(container, job_id, show_bar=not as_json)
     _report(view, as_json)

@@ -33,6 +33,9 @@ def indexed(container: Container, tmp_path_factory: pytest.TempPathFactory) -> d
     if docgen.CJK_FONT.is_file():
         docgen.scanned_pdf(folder / "scan-zh.pdf", [["员工每年享有十五天带薪年假。", "报销申请须在三十天内提交。"]])
         docgen.garbled_layer_pdf(folder / "garbled.pdf", ["The archive room opens at nine.", "Badges are required."])
+        docgen.render_text(["Fire drill on Thursday at 10:30.", "Meet at the north car park."]).save(
+            folder / "notice.png"
+        )
     paths = [folder] + ([FORMATS] if FORMATS.is_dir() else [])
     return {r.doc_id: r for r in container.ingest.ingest_paths(paths, kb="formats")}
 
@@ -170,3 +173,10 @@ def test_garbled_text_layer_is_replaced_by_ocr(container: Container, indexed: di
     text = text_of(container, "garbled.pdf")
     assert "archive room opens at nine" in text.lower()
     assert not any("\ue000" <= ch <= "\uf8ff" for ch in text)
+
+
+@needs_tesseract
+@needs_cjk_font
+def test_image_files_are_ocred(container: Container, indexed: dict[str, IngestResult]) -> None:
+    text = text_of(container, "notice.png").lower()
+    assert "fire drill on thursday" in text and "north car park" in text

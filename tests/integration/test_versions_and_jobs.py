@@ -113,6 +113,28 @@ def test_docs_and_jobs_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert run(cli, ["jobs", "show", "0" * 32]).exit_code == 1
 
 
+def test_ingest_without_wait_queues_a_job_that_a_background_worker_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+    f = write(tmp_path / "kitchen.md", "# Kitchen\n\nThe dishwasher runs at six every evening.\n")
+    queued = CliRunner().invoke(cli, ["ingest", "--json", str(f)])
+    assert queued.exit_code == 0, queued.output
+    job_id = json.loads(queued.stdout)["job_id"]
+    deadline = time.monotonic() + 180
+    while True:
+        shown = CliRunner().invoke(cli, ["jobs", "show", "--json", job_id])
+        job = json.loads(shown.stdout)
+        if job["state"] in ("done", "failed"):
+            break
+        assert time.monotonic() < deadline, f"background worker did not finish: {job}"
+        time.sleep(1)
+    assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
+    assert (tmp_path / "var" / "logs" / "worker.log").exists()
+
+
 @pytest.fixture
 def shared_home(tmp_path: Path) -> Iterator[Path]:
     """A KB_HOME served by a `milvus-lite server`, as under `kb up`, so two processes can share it."""
