@@ -308,6 +308,9 @@ class MilvusStore:
         )
         return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)
 
+    def close(self) -> None:
+        self._client.close()
+
     def drop(self, kb: str) -> None:
         name = self.collection(kb)
         if self._client.has_collection(name):
