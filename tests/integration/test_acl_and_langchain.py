@@ -83,8 +83,10 @@ def test_kb_retriever_in_an_lcel_chain_keeps_the_acl(kb: Container) -> None:
         return "\n".join(f"[{d.metadata['index']}] {d.metadata['title']}: {d.page_content}" for d in docs)
 
     prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
-    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | RunnableLambda(
-        lambda p: p.to_string()
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | RunnableLambda(lambda p: p.to_string())
     )
     text = chain.invoke("What do engineers earn per year?")
     assert "[1] salaries.md: Salary bands" in text
