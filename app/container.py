@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from pathlib import Path
 
+import jinja2
+
+import serving.prompts
 from app.answering import AnswerService
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
 from ingest.loaders import UnstructuredLoader
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
+from retrieval.condense import Condenser
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.pipeline import QueryPipeline, Thresholds
@@ -122,7 +127,19 @@ class Container:
             prompts=PromptBook(),
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
+            condenser=self.condenser,
         )
+
+    @cached_property
+    def condenser(self) -> Condenser | None:
+        if not self.settings.retrieval.condense:
+            return None
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(Path(serving.prompts.__file__).parent)),
+            autoescape=False,  # plain-text prompt
+            undefined=jinja2.StrictUndefined,
+        )
+        return Condenser(self.generator, env.get_template("condense.j2"))
 
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
