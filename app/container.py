@@ -17,6 +17,7 @@ from ingest.loaders import UnstructuredLoader
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
 from retrieval.condense import Condenser
+from retrieval.context import context_budget
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.pipeline import QueryPipeline, Thresholds
@@ -99,7 +100,9 @@ class Container:
             store=self.store,
             default_mode=r.mode,
             candidates=r.candidates,
-            context_tokens=r.context_tokens,
+            context_tokens=context_budget(
+                self.settings.llm.max_model_len, self.settings.llm.max_tokens, r.context_tokens
+            ),
             reranker=self.reranker,
             rerank_candidates=self.settings.reranker.candidates,
             rerank_wanted=self.settings.reranker.enabled,
