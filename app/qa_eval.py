@@ -15,6 +15,7 @@ from app.answering import AnswerService, Question
 from ingest.pipeline import IngestPipeline
 from retrieval.evaluate import QAItem, exact_match, f1_score, percentile
 from retrieval.pipeline import QueryPipeline
+from retrieval.types import SearchMode
 
 
 @dataclass
@@ -27,6 +28,8 @@ class QAReport:
     search_p50_ms: float = 0.0
     search_p95_ms: float = 0.0
     modes: dict[str, int] = field(default_factory=dict)
+    # Requested mode -> hit@1, hit@5 and the modes that answered (language-aware fusion).
+    by_mode: dict[str, dict[str, object]] = field(default_factory=dict)
     llm: str = "not run"
     answered: int = 0
     exact_match: float | None = None
@@ -51,6 +54,11 @@ class QAReport:
             f"search p50 / p95 ms  {self.search_p50_ms:.1f} / {self.search_p95_ms:.1f}",
             f"LLM                  {self.llm}",
         ]
+        for mode, row in self.by_mode.items():
+            rows.append(
+                f"  requested {mode:<7} hit@1 {row['hit_at_1']:.4f}  hit@5 {row['hit_at_5']:.4f}  "
+                f"(answered as {row['answered_as']})"
+            )
         if self.answered:
             rows += [
                 f"answers scored       {self.answered}",
@@ -61,6 +69,30 @@ class QAReport:
                 f"citation precision   {fmt(self.citation_precision)} (cited sources from the gold document)",
             ]
         return "\n".join(rows)
+
+
+@dataclass
+class _Hits:
+    hit1: float
+    hit5: float
+    modes: dict[str, int]
+    ms: list[float]
+
+
+def _document_hits(items: Sequence[QAItem], query: QueryPipeline, kb: str, mode: SearchMode | None) -> _Hits:
+    """Share of questions whose gold document holds the first / one of the first five chunks."""
+    hit1 = hit5 = 0
+    ms: list[float] = []
+    modes: dict[str, int] = {}
+    for item in items:
+        t = time.perf_counter()
+        found = query.candidates(item.question, kb=kb, limit=5, mode=mode)
+        ms.append((time.perf_counter() - t) * 1000)
+        modes[found.mode] = modes.get(found.mode, 0) + 1
+        docs_found = [Path(h.chunk.doc_id).name for h in found.hits[:5]]
+        hit1 += bool(docs_found) and docs_found[0] == item.doc
+        hit5 += item.doc in docs_found
+    return _Hits(hit1 / len(items), hit5 / len(items), modes, ms)
 
 
 def llm_reachable(base_url: str, api_key: str, timeout_s: float = 5.0) -> str | None:
@@ -84,6 +116,7 @@ def evaluate_qa(
     answers: AnswerService,
     llm_problem: str | None,
     llm_limit: int,
+    compare: Sequence[SearchMode] = (),
     progress: Callable[[str], None] = lambda _: None,
 ) -> QAReport:
     kb = "eval"
@@ -94,19 +127,14 @@ def evaluate_qa(
     if failed:
         raise RuntimeError(f"{len(failed)} documents failed to ingest, e.g. {failed[0].doc_id}: {failed[0].error}")
     report = QAReport(dataset=name, documents=len(results), questions=len(items), ingest_s=time.perf_counter() - t)
+    for mode in compare:
+        progress(f"searching {len(items)} questions, mode {mode}")
+        hits = _document_hits(items, query, kb, mode)
+        report.by_mode[mode] = {"hit_at_1": hits.hit1, "hit_at_5": hits.hit5, "answered_as": hits.modes}
     progress(f"searching {len(items)} questions")
-    hit1 = hit5 = 0
-    ms: list[float] = []
-    for item in items:
-        t = time.perf_counter()
-        found = query.candidates(item.question, kb=kb, limit=5)
-        ms.append((time.perf_counter() - t) * 1000)
-        report.modes[found.mode] = report.modes.get(found.mode, 0) + 1
-        docs_found = [Path(h.chunk.doc_id).name for h in found.hits[:5]]
-        hit1 += bool(docs_found) and docs_found[0] == item.doc
-        hit5 += item.doc in docs_found
-    report.hit_at_1, report.hit_at_5 = hit1 / len(items), hit5 / len(items)
-    report.search_p50_ms, report.search_p95_ms = percentile(ms, 50), percentile(ms, 95)
+    hits = _document_hits(items, query, kb, None)
+    report.hit_at_1, report.hit_at_5, report.modes = hits.hit1, hits.hit5, hits.modes
+    report.search_p50_ms, report.search_p95_ms = percentile(hits.ms, 50), percentile(hits.ms, 95)
     if llm_problem is not None:
         report.llm = llm_problem
         return report

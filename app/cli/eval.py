@@ -82,12 +82,16 @@ def eval_qa(
     dataset: DatasetArg,
     json_file: JsonFileOpt = None,
     llm_limit: Annotated[int, typer.Option(min=0, help="Ask the model at most this many questions.")] = 200,
+    compare: Annotated[str, typer.Option(help="Also report hits per requested mode, e.g. bm25,hybrid.")] = "",
 ) -> None:
     """Document hit@1/@5 and, with the model server up, answer EM/F1, refusal accuracy, citation precision."""
     from app.container import Container
     from app.qa_eval import evaluate_qa, llm_reachable
     from retrieval.evaluate import DatasetError, load_qa
 
+    modes = [m.strip() for m in compare.split(",") if m.strip()]
+    if any(m not in ("dense", "bm25", "hybrid") for m in modes):
+        fail(f"--compare takes dense, bm25, hybrid; got {compare!r}", 2)
     try:
         docs, items = load_qa(dataset)
     except (DatasetError, OSError, KeyError) as exc:
@@ -100,7 +104,8 @@ def eval_qa(
             report = evaluate_qa(
                 name=dataset.name, docs=docs, items=items, ingest=container.ingest, query=container.query,
                 answers=container.answers, llm_problem=problem if llm_limit else "not asked (--llm-limit 0)",
-                llm_limit=llm_limit, progress=lambda msg: typer.echo(msg, err=True),
+                llm_limit=llm_limit, compare=modes,  # type: ignore[arg-type]
+                progress=lambda msg: typer.echo(msg, err=True),
             )  # fmt: skip
         except RuntimeError as exc:
             fail(str(exc))

@@ -102,12 +102,15 @@ def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> N
     ]
     write(folder / "qa.jsonl", "".join(json.dumps({**q, "answerable": True}, ensure_ascii=False) + "\n" for q in qa))
     out = home / "qa.json"
-    result = CliRunner().invoke(cli, ["eval", "qa", "--dataset", str(folder), "--json", str(out)])
+    args = ["eval", "qa", "--dataset", str(folder), "--json", str(out), "--compare", "bm25,hybrid"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["hit_at_1"] == pytest.approx(1.0) and report["hit_at_5"] == pytest.approx(1.0)
     assert report["modes"] == {"hybrid": 2, "bm25": 1}  # the Chinese question is answered by BM25 alone
     assert "LLM not reachable" in report["llm"] and report["f1"] is None
+    assert report["by_mode"]["bm25"]["answered_as"] == {"bm25": 3}
+    assert report["by_mode"]["hybrid"]["answered_as"] == {"hybrid": 2, "bm25": 1}
 
 
 def test_bench_retrieval_writes_its_table(home: Path) -> None:
