@@ -7,6 +7,9 @@ import logging
 from functools import cached_property
 from pathlib import Path
 
+import jinja2
+
+import serving.prompts
 from app.answering import AnswerService
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
@@ -18,9 +21,12 @@ from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
 from ingest.sources import ArchiveLimits
 from ingest.worker import JobWorker
+from retrieval.condense import Condenser
+from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
-from retrieval.pipeline import QueryPipeline
+from retrieval.pipeline import QueryPipeline, Thresholds
+from retrieval.reranker import CrossEncoderReranker, load_reranker
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
@@ -59,6 +65,16 @@ class Container:
             hnsw_ef_construction=m.hnsw_ef_construction,
             search_ef=m.search_ef,
             rrf_k=self.settings.retrieval.rrf_k,
+            fusion=self.settings.retrieval.fusion,
+            dense_weight=self.settings.retrieval.dense_weight,
+            stop_words=m.stop_words,
+        )
+
+    @cached_property
+    def reranker(self) -> CrossEncoderReranker | None:
+        r = self.settings.reranker
+        return load_reranker(
+            r.model, enabled=r.enabled, device=r.device, batch_size=r.batch_size, max_length=r.max_length
         )
 
     @cached_property
@@ -116,8 +132,15 @@ class Container:
             store=self.store,
             default_mode=r.mode,
             candidates=r.candidates,
-            context_tokens=r.context_tokens,
             hidden_versions=self._hidden_versions,
+            context_tokens=context_budget(
+                self.settings.llm.max_model_len, self.settings.llm.max_tokens, r.context_tokens
+            ),
+            reranker=self.reranker,
+            rerank_candidates=self.settings.reranker.candidates,
+            rerank_wanted=self.settings.reranker.enabled,
+            thresholds=Thresholds(**r.min_relevance.model_dump()),
+            count_tokens=llm_token_counter(self.settings.llm_model_path),
         )
 
     def _hidden_versions(self, kb: str) -> list[tuple[str, int]]:
@@ -144,6 +167,7 @@ class Container:
             prompts=PromptBook(),
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
+            condenser=self.condenser,
         )
 
     def warm_up_ingest(self) -> None:
@@ -151,7 +175,18 @@ class Container:
         _ = self.ingest, self.jobs, self.documents
         self.embedder.embed(["warm-up"], "passage")
 
+    @cached_property
+    def condenser(self) -> Condenser | None:
+        if not self.settings.retrieval.condense:
+            return None
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(Path(serving.prompts.__file__).parent)),
+            autoescape=False,  # plain-text prompt
+            undefined=jinja2.StrictUndefined,
+        )
+        return Condenser(self.generator, env.get_template("condense.j2"))
+
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
-        _ = self.embedder, self.store, self.registry, self.ingest, self.query, self.answers
+        _ = self.embedder, self.store, self.reranker, self.registry, self.ingest, self.query, self.answers
         self.embedder.embed(["warm-up"], "query")

@@ -39,6 +39,28 @@ class Source(BaseModel):
         )
 
 
+# Instructions, question, source headers and chat-template tokens around the sources.
+PROMPT_OVERHEAD_TOKENS = 300
+
+
+def context_budget(max_model_len: int, answer_tokens: int, configured: int) -> int:
+    """Tokens the sources may use: what the model's window leaves after the answer and the prompt's
+    own text, capped by the configured budget (and never below a usable minimum)."""
+    return max(64, min(configured, max_model_len - answer_tokens - PROMPT_OVERHEAD_TOKENS))
+
+
+def llm_token_counter(model: str) -> Callable[[str], int] | None:
+    """Token counting with the generator's own tokenizer when its files are local, else None."""
+    from pathlib import Path
+
+    if not (Path(model).expanduser() / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(model).expanduser()))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.split()).lower()
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
 
 from retrieval.types import Chunk, ScoredChunk, SearchFilter, SearchMode
 
@@ -27,8 +31,38 @@ _MAX_TEXT = 65535
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
 
 
+Fusion = Literal["weighted", "rrf"]
+ScoreKind = Literal["cosine", "bm25", "rrf", "weighted"]
+
+
+@dataclass(frozen=True)
+class SearchCall:
+    method: Literal["search", "hybrid_search"]
+    kwargs: dict[str, Any]
+    score_kind: ScoreKind
+
+    def run(self, client: MilvusClient) -> Any:
+        return getattr(client, self.method)(**self.kwargs)
+
+
 class StoreError(RuntimeError):
     pass
+
+
+@cache
+def english_stop_words() -> tuple[str, ...]:
+    path = Path(__file__).with_name("stopwords_en.txt")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return tuple(w for w in (line.strip() for line in lines) if w and not w.startswith("#"))
+
+
+def analyzer_params(tokenizer: str, *, stop_words: bool) -> dict[str, Any]:
+    """BM25 analyzer: lowercase, and optionally drop English stop words (Milvus does not expand
+    `_english_` itself, so the list is spelled out)."""
+    filters: list[Any] = ["lowercase"]
+    if stop_words:
+        filters.append({"type": "stop", "stop_words": list(english_stop_words())})
+    return {"tokenizer": tokenizer, "filter": filters}
 
 
 def literal(value: str) -> str:
@@ -74,6 +108,9 @@ class MilvusStore:
         hnsw_ef_construction: int = 200,
         search_ef: int = 256,
         rrf_k: int = 60,
+        fusion: Fusion = "weighted",
+        dense_weight: float = 0.3,
+        stop_words: bool = True,
     ) -> None:
         self._client = client
         self.dimension = dimension
@@ -82,6 +119,9 @@ class MilvusStore:
         self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
         self._ef = search_ef
         self._rrf_k = rrf_k
+        self._fusion = fusion
+        self._dense_weight = dense_weight
+        self._stop_words = stop_words
         self._ready: set[str] = set()
 
     def collection(self, kb: str) -> str:
@@ -130,7 +170,7 @@ class MilvusStore:
             DataType.VARCHAR,
             max_length=_MAX_TEXT,
             enable_analyzer=True,
-            analyzer_params={"tokenizer": self._analyzer, "filter": ["lowercase"]},
+            analyzer_params=analyzer_params(self._analyzer, stop_words=self._stop_words),
         )
         schema.add_field("title", DataType.VARCHAR, max_length=1024)
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
@@ -232,36 +272,64 @@ class MilvusStore:
         if name not in self._ready and not self._client.has_collection(name):
             return []
         self.ensure_collection(kb)
+        call = self.prepare_search(kb, query, vector, mode=mode, limit=limit, flt=flt)
+        return [self._scored(h, call.score_kind) for h in call.run(self._client)[0]]
+
+    def prepare_search(
+        self,
+        kb: str,
+        query: str,
+        vector: Sequence[float] | None,
+        *,
+        mode: SearchMode,
+        limit: int,
+        flt: SearchFilter,
+    ) -> SearchCall:
+        """The exact Milvus call a search makes (`kb bench retrieval` times it alone)."""
+        name = self.collection(kb)
         expr = build_filter(flt)
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
         sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
         if mode in ("dense", "hybrid") and vector is None:
             raise ValueError(f"mode {mode} needs a query vector")
+        common = {"collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS}
         if mode == "dense":
             assert vector is not None
-            hits = self._client.search(
-                name, data=[list(vector)], anns_field="dense", limit=limit, filter=expr,
-                search_params=dense_params, output_fields=_OUTPUT_FIELDS,
-            )  # fmt: skip
-            return [self._scored(h, "cosine") for h in hits[0]]
+            kwargs = {"data": [list(vector)], "anns_field": "dense", "filter": expr, "search_params": dense_params}
+            return SearchCall("search", {**common, **kwargs}, "cosine")
         if mode == "bm25":
-            hits = self._client.search(
-                name, data=[query], anns_field="sparse", limit=limit, filter=expr,
-                search_params=sparse_params, output_fields=_OUTPUT_FIELDS,
-            )  # fmt: skip
-            return [self._scored(h, "bm25") for h in hits[0]]
+            kwargs = {"data": [query], "anns_field": "sparse", "filter": expr, "search_params": sparse_params}
+            return SearchCall("search", {**common, **kwargs}, "bm25")
         assert vector is not None
         requests = [
             AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
             AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
         ]
-        hits = self._client.hybrid_search(
-            name, reqs=requests, ranker=RRFRanker(self._rrf_k), limit=limit, output_fields=_OUTPUT_FIELDS
-        )
-        return [self._scored(h, "rrf") for h in hits[0]]
+        if self._fusion == "rrf":
+            return SearchCall("hybrid_search", {**common, "reqs": requests, "ranker": RRFRanker(self._rrf_k)}, "rrf")
+        # norm_score maps each side's scores to 0-1 first, so that cosine and BM25 can be weighed.
+        ranker = WeightedRanker(self._dense_weight, 1.0 - self._dense_weight, norm_score=True)
+        return SearchCall("hybrid_search", {**common, "reqs": requests, "ranker": ranker}, "weighted")
+
+    def best_cosine(self, kb: str, vector: Sequence[float], chunk_ids: Sequence[str]) -> float | None:
+        """The highest cosine similarity between the query vector and these chunks' stored vectors.
+
+        Fused hybrid scores say nothing about absolute relevance; this is what the relevance threshold
+        compares for hybrid hits."""
+        if not chunk_ids:
+            return None
+        rows = self._client.get(self.collection(kb), ids=list(chunk_ids), output_fields=["dense"])
+        q_norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        best: float | None = None
+        for row in rows:
+            d = [float(x) for x in row["dense"]]
+            d_norm = math.sqrt(sum(x * x for x in d)) or 1.0
+            cos = sum(a * b for a, b in zip(vector, d, strict=False)) / (q_norm * d_norm)
+            best = cos if best is None else max(best, cos)
+        return best
 
     @staticmethod
-    def _scored(hit: Any, kind: Literal["cosine", "bm25", "rrf"]) -> ScoredChunk:
+    def _scored(hit: Any, kind: ScoreKind) -> ScoredChunk:
         entity = hit.get("entity", hit)
         page = entity.get("page")
         chunk = Chunk(
@@ -280,6 +348,13 @@ class MilvusStore:
             token_count=int(entity["token_count"]),
         )
         return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)
+
+    @property
+    def client(self) -> MilvusClient:
+        return self._client
+
+    def close(self) -> None:
+        self._client.close()
 
     def drop(self, kb: str) -> None:
         name = self.collection(kb)
