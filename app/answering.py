@@ -167,7 +167,8 @@ class _Turn:
         sources = self._sources()
         return Answer(
             answer=check.text, citations=[sources[n - 1] for n in sorted(check.cited)], sources=sources,
-            refused=refused, grounded=check.grounded, usage=usage, timings=self._finish(), answer_id=self.answer_id,
+            refused=refused, grounded=check.grounded and not refused, sentences=[] if refused else check.sentences,
+            usage=usage, timings=self._finish(), answer_id=self.answer_id,
         )  # fmt: skip
 
 
@@ -179,6 +180,7 @@ def _citations_event(answer: Answer) -> StreamEvent:
             "citations": [c.model_dump() for c in answer.citations],
             "sources": [c.model_dump() for c in answer.sources],
             "grounded": answer.grounded,
+            "sentences": [s.model_dump() for s in answer.sentences],
         },
     )
 

@@ -32,6 +32,7 @@ def _llm_server(settings: Settings) -> Any:
             cache_root=settings.home / "cache" / "vllm",
             log_path=settings.home / "logs" / "vllm.log",
             api_key=settings.llm.api_key.get_secret_value(),
+            device=settings.llm.device,
         )
     )
 
@@ -67,6 +68,11 @@ def serve_llm() -> None:
     from serving.models import ModelPrepareError, prepare_default_llm
 
     settings = load_settings()
+    if settings.llm.base_url:
+        fail(
+            f"KB_LLM__BASE_URL is set ({settings.llm.base_url}): kb uses that server and starts none; "
+            "unset it to serve a local model"
+        )
     try:
         if not settings.llm.model:
             prepare_default_llm(settings.models_path)
