@@ -100,6 +100,12 @@ class AnswerService:
         yield _citations_event(answer)
         yield _done_event(answer)
 
+    async def prompt(self, question: Question) -> tuple[list[ChatMessage], str | None]:
+        """The messages and decoding pattern kb would send the model for this question (no messages when it
+        would refuse): what `kb bench e2e` sends straight to vLLM to measure kb's overhead."""
+        turn = await self._prepare(question)
+        return turn.messages, turn.pattern
+
     async def _prepare(self, question: Question) -> _Turn:
         started = time.perf_counter()
         retrieval = await self.retrieve(question)
