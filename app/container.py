@@ -14,7 +14,8 @@ from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
-from retrieval.pipeline import QueryPipeline
+from retrieval.pipeline import QueryPipeline, Thresholds
+from retrieval.reranker import CrossEncoderReranker, load_reranker
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
@@ -53,6 +54,16 @@ class Container:
             hnsw_ef_construction=m.hnsw_ef_construction,
             search_ef=m.search_ef,
             rrf_k=self.settings.retrieval.rrf_k,
+            fusion=self.settings.retrieval.fusion,
+            dense_weight=self.settings.retrieval.dense_weight,
+            stop_words=m.stop_words,
+        )
+
+    @cached_property
+    def reranker(self) -> CrossEncoderReranker | None:
+        r = self.settings.reranker
+        return load_reranker(
+            r.model, enabled=r.enabled, device=r.device, batch_size=r.batch_size, max_length=r.max_length
         )
 
     @cached_property
@@ -84,6 +95,10 @@ class Container:
             default_mode=r.mode,
             candidates=r.candidates,
             context_tokens=r.context_tokens,
+            reranker=self.reranker,
+            rerank_candidates=self.settings.reranker.candidates,
+            rerank_wanted=self.settings.reranker.enabled,
+            thresholds=Thresholds(**r.min_relevance.model_dump()),
         )
 
     @cached_property
@@ -112,5 +127,5 @@ class Container:
 
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
-        _ = self.embedder, self.store, self.registry, self.ingest, self.query, self.answers
+        _ = self.embedder, self.store, self.reranker, self.registry, self.ingest, self.query, self.answers
         self.embedder.embed(["warm-up"], "query")

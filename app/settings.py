@@ -25,6 +25,9 @@ class MilvusSettings(BaseModel):
     collection_prefix: str = "kb_"
     # jieba tokenizes Chinese and English; `standard` inserts faster but cannot split Chinese.
     analyzer: Literal["jieba", "standard"] = "jieba"
+    # An English stop-word filter in the BM25 analyzer: measurably better English keyword ranking
+    # (docs/BENCHMARKS.md). Applies to collections created after the change.
+    stop_words: bool = True
     hnsw_m: int = Field(16, ge=4, le=64)
     hnsw_ef_construction: int = Field(200, ge=8)
     search_ef: int = Field(256, ge=1)
@@ -44,9 +47,14 @@ class EmbeddingSettings(BaseModel):
 
 
 class RerankerSettings(BaseModel):
-    enabled: bool = False
+    # On by default: when the model cannot be loaded (offline, no weights) kb logs it, skips the step
+    # and marks the answer's timings with `rerank_unavailable` instead of pretending to rerank.
+    enabled: bool = True
     model: str = "BAAI/bge-reranker-v2-m3"
-    candidates: int = Field(30, ge=1)
+    candidates: int = Field(30, ge=1, description="how many search hits the cross-encoder re-scores")
+    device: str = "auto"
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(512, ge=16)
 
 
 class LLMSettings(BaseModel):
@@ -90,12 +98,32 @@ class IngestSettings(BaseModel):
     demo_dir: Path = Path("data")
 
 
+class RelevanceThresholds(BaseModel):
+    """Minimum relevance of the best hit; below it retrieval returns no sources ("no relevant context")
+    and the answer is a refusal. 0 disables a check. Which one applies depends on what scored the hits:
+    `rerank` (cross-encoder probability, 0-1) when the reranker ran, else `cosine` (best dense cosine
+    similarity) when the embedder understood the query, else `lexical` (share of the query's terms
+    found in the best hit, 0-1; the measure for BM25-only, e.g. Chinese queries with an English-only
+    embedder)."""
+
+    rerank: float = Field(0.0, ge=0.0, le=1.0)
+    cosine: float = Field(0.0, ge=-1.0, le=1.0)
+    lexical: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class RetrievalSettings(BaseModel):
     mode: SearchMode = "hybrid"
     top_k: int = Field(5, ge=1, le=50)
     candidates: int = Field(30, ge=1, le=500)
+    # How hybrid search fuses dense and BM25 hits: `weighted` (min-max scaled scores, dense_weight for
+    # the dense side) or `rrf` (reciprocal rank fusion with rrf_k).
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    dense_weight: float = Field(0.3, ge=0.0, le=1.0)
     rrf_k: int = Field(60, ge=1)
     context_tokens: int = Field(1000, ge=64, description="token budget for sources in the prompt")
+    min_relevance: RelevanceThresholds = RelevanceThresholds()
+    # Rewrite a follow-up question with its history into a standalone query (LLM, with a fallback).
+    condense: bool = True
 
 
 class APISettings(BaseModel):

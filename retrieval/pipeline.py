@@ -1,4 +1,5 @@
-"""QueryPipeline: embed the question, search Milvus (dense, BM25 or hybrid), assemble the context."""
+"""QueryPipeline: embed the question, search Milvus (dense, BM25 or hybrid), rerank, check relevance,
+assemble the context."""
 
 from __future__ import annotations
 
@@ -9,10 +10,23 @@ from dataclasses import dataclass, field
 from retrieval.context import Source, assemble_context
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.language import detect_language
+from retrieval.relevance import Relevance, lexical_coverage
 from retrieval.store import MilvusStore
-from retrieval.types import ScoredChunk, SearchFilter, SearchMode
+from retrieval.types import Reranker, ScoredChunk, SearchFilter, SearchMode
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Minimum relevance of the best hit per measure (see RelevanceThresholds in app/settings.py)."""
+
+    rerank: float = 0.0
+    cosine: float = 0.0
+    lexical: float = 0.0
+
+    def of(self, kind: str) -> float:
+        return {"rerank": self.rerank, "cosine": self.cosine, "lexical": self.lexical}.get(kind, 0.0)
 
 
 @dataclass
@@ -23,6 +37,22 @@ class Retrieval:
     hits: list[ScoredChunk]
     sources: list[Source]
     timings: dict[str, float] = field(default_factory=dict)
+    relevance: Relevance = field(default_factory=lambda: Relevance("none", None))
+    # True when hits were found but none was relevant enough: the generator must refuse, not guess.
+    no_relevant_context: bool = False
+    reranked: bool = False
+
+
+@dataclass
+class Candidates:
+    """Ranked hits before context assembly: what `kb eval retrieval` scores."""
+
+    language: str
+    mode: SearchMode
+    hits: list[ScoredChunk]
+    vector: list[float] | None
+    timings: dict[str, float]
+    reranked: bool
 
 
 class QueryPipeline:
@@ -34,12 +64,25 @@ class QueryPipeline:
         default_mode: SearchMode = "hybrid",
         candidates: int = 30,
         context_tokens: int = 1200,
+        reranker: Reranker | None = None,
+        rerank_candidates: int = 30,
+        rerank_wanted: bool = False,
+        thresholds: Thresholds | None = None,
     ) -> None:
         self._embedder = embedder
         self._store = store
         self._mode = default_mode
         self._candidates = candidates
         self._context_tokens = context_tokens
+        self._reranker = reranker
+        self._rerank_candidates = rerank_candidates
+        # Settings asked for reranking but no model could be loaded: every answer says so.
+        self._rerank_missing = rerank_wanted and reranker is None
+        self._thresholds = thresholds or Thresholds()
+
+    @property
+    def has_reranker(self) -> bool:
+        return self._reranker is not None
 
     def effective_mode(self, requested: SearchMode, language: str) -> SearchMode:
         # An embedder that does not understand the query's language adds noise to the ranking, so such
@@ -48,13 +91,15 @@ class QueryPipeline:
             return "bm25"
         return requested
 
-    def search(
-        self, question: str, *, kb: str = "default", top_k: int = 5,
-        mode: SearchMode | None = None, flt: SearchFilter | None = None,
-    ) -> Retrieval:  # fmt: skip
+    def candidates(
+        self, question: str, *, kb: str = "default", limit: int | None = None,
+        mode: SearchMode | None = None, flt: SearchFilter | None = None, rerank: bool = True,
+    ) -> Candidates:  # fmt: skip
+        """Embed, search and (when a reranker is loaded and `rerank`) rerank: the ranked hits."""
         timings: dict[str, float] = {}
         language = detect_language(question)
         effective = self.effective_mode(mode or self._mode, language)
+        limit = limit or self._candidates
         vector = None
         if effective != "bm25":
             t = time.perf_counter()
@@ -62,14 +107,53 @@ class QueryPipeline:
             timings["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         hits = self._store.search(
-            kb, question, vector, mode=effective, limit=max(top_k, self._candidates), flt=flt or SearchFilter()
+            kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt or SearchFilter()
         )
         timings["search_ms"] = (time.perf_counter() - t) * 1000
+        reranked = False
+        if rerank and self._reranker is not None and hits:
+            t = time.perf_counter()
+            head = self._reranker.rerank(question, hits[: self._rerank_candidates], self._rerank_candidates)
+            hits = head + hits[self._rerank_candidates :]
+            timings["rerank_ms"] = (time.perf_counter() - t) * 1000
+            reranked = True
+        elif rerank and self._rerank_missing:
+            timings["rerank_unavailable"] = 1.0
+        return Candidates(language, effective, hits[:limit], vector, timings, reranked)
+
+    def relevance(self, kb: str, question: str, found: Candidates, top_k: int) -> Relevance:
+        hits = found.hits[:top_k]
+        if not hits:
+            return Relevance("none", None)
+        if found.reranked:
+            return Relevance("rerank", max(h.score for h in hits))
+        if found.vector is not None:
+            if found.mode == "dense":
+                return Relevance("cosine", max(h.score for h in hits))
+            return Relevance("cosine", self._store.best_cosine(kb, found.vector, [h.chunk.chunk_id for h in hits]))
+        return Relevance("lexical", lexical_coverage(question, [h.chunk.text for h in hits]))
+
+    def search(
+        self, question: str, *, kb: str = "default", top_k: int = 5,
+        mode: SearchMode | None = None, flt: SearchFilter | None = None,
+    ) -> Retrieval:  # fmt: skip
+        found = self.candidates(question, kb=kb, limit=max(top_k, self._candidates), mode=mode, flt=flt)
+        timings = found.timings
+        hits = found.hits[:top_k]
         t = time.perf_counter()
-        sources = assemble_context(
-            hits[:top_k], count_tokens=self._embedder.count_tokens, budget_tokens=self._context_tokens
+        relevance = self.relevance(kb, question, found, top_k)
+        timings["relevance_ms"] = (time.perf_counter() - t) * 1000
+        no_relevant = bool(hits) and relevance.below(self._thresholds.of(relevance.kind))
+        if no_relevant:
+            log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
+        t = time.perf_counter()
+        sources = (
+            []
+            if no_relevant
+            else assemble_context(hits, count_tokens=self._embedder.count_tokens, budget_tokens=self._context_tokens)
         )
         timings["context_ms"] = (time.perf_counter() - t) * 1000
         return Retrieval(
-            question=question, language=language, mode=effective, hits=hits[:top_k], sources=sources, timings=timings
-        )
+            question=question, language=found.language, mode=found.mode, hits=hits, sources=sources,
+            timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,
+        )  # fmt: skip

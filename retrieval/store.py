@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
 
 from retrieval.types import Chunk, ScoredChunk, SearchFilter, SearchMode
 
@@ -27,8 +30,27 @@ _MAX_TEXT = 65535
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
 
 
+Fusion = Literal["weighted", "rrf"]
+
+
 class StoreError(RuntimeError):
     pass
+
+
+@cache
+def english_stop_words() -> tuple[str, ...]:
+    path = Path(__file__).with_name("stopwords_en.txt")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return tuple(w for w in (line.strip() for line in lines) if w and not w.startswith("#"))
+
+
+def analyzer_params(tokenizer: str, *, stop_words: bool) -> dict[str, Any]:
+    """BM25 analyzer: lowercase, and optionally drop English stop words (Milvus does not expand
+    `_english_` itself, so the list is spelled out)."""
+    filters: list[Any] = ["lowercase"]
+    if stop_words:
+        filters.append({"type": "stop", "stop_words": list(english_stop_words())})
+    return {"tokenizer": tokenizer, "filter": filters}
 
 
 def literal(value: str) -> str:
@@ -71,6 +93,9 @@ class MilvusStore:
         hnsw_ef_construction: int = 200,
         search_ef: int = 256,
         rrf_k: int = 60,
+        fusion: Fusion = "weighted",
+        dense_weight: float = 0.3,
+        stop_words: bool = True,
     ) -> None:
         self._client = client
         self.dimension = dimension
@@ -79,6 +104,9 @@ class MilvusStore:
         self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
         self._ef = search_ef
         self._rrf_k = rrf_k
+        self._fusion = fusion
+        self._dense_weight = dense_weight
+        self._stop_words = stop_words
         self._ready: set[str] = set()
 
     def collection(self, kb: str) -> str:
@@ -122,7 +150,7 @@ class MilvusStore:
             DataType.VARCHAR,
             max_length=_MAX_TEXT,
             enable_analyzer=True,
-            analyzer_params={"tokenizer": self._analyzer, "filter": ["lowercase"]},
+            analyzer_params=analyzer_params(self._analyzer, stop_words=self._stop_words),
         )
         schema.add_field("title", DataType.VARCHAR, max_length=1024)
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
@@ -233,13 +261,35 @@ class MilvusStore:
             AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
             AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
         ]
-        hits = self._client.hybrid_search(
-            name, reqs=requests, ranker=RRFRanker(self._rrf_k), limit=limit, output_fields=_OUTPUT_FIELDS
+        ranker = (
+            RRFRanker(self._rrf_k)
+            if self._fusion == "rrf"
+            # norm_score maps each side's scores to 0-1 first, so that cosine and BM25 can be weighed.
+            else WeightedRanker(self._dense_weight, 1.0 - self._dense_weight, norm_score=True)
         )
-        return [self._scored(h, "rrf") for h in hits[0]]
+        hits = self._client.hybrid_search(name, reqs=requests, ranker=ranker, limit=limit, output_fields=_OUTPUT_FIELDS)
+        kind: Literal["rrf", "weighted"] = "rrf" if self._fusion == "rrf" else "weighted"
+        return [self._scored(h, kind) for h in hits[0]]
+
+    def best_cosine(self, kb: str, vector: Sequence[float], chunk_ids: Sequence[str]) -> float | None:
+        """The highest cosine similarity between the query vector and these chunks' stored vectors.
+
+        Fused hybrid scores say nothing about absolute relevance; this is what the relevance threshold
+        compares for hybrid hits."""
+        if not chunk_ids:
+            return None
+        rows = self._client.get(self.collection(kb), ids=list(chunk_ids), output_fields=["dense"])
+        q_norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+        best: float | None = None
+        for row in rows:
+            d = [float(x) for x in row["dense"]]
+            d_norm = math.sqrt(sum(x * x for x in d)) or 1.0
+            cos = sum(a * b for a, b in zip(vector, d, strict=False)) / (q_norm * d_norm)
+            best = cos if best is None else max(best, cos)
+        return best
 
     @staticmethod
-    def _scored(hit: Any, kind: Literal["cosine", "bm25", "rrf"]) -> ScoredChunk:
+    def _scored(hit: Any, kind: Literal["cosine", "bm25", "rrf", "weighted"]) -> ScoredChunk:
         entity = hit.get("entity", hit)
         page = entity.get("page")
         chunk = Chunk(

@@ -37,7 +37,7 @@ class ScoredChunk(BaseModel):
     chunk: Chunk
     score: float
     # Rank-fused scores are not comparable with raw similarities; record where the number came from.
-    score_kind: Literal["cosine", "bm25", "rrf", "rerank"] = "cosine"
+    score_kind: Literal["cosine", "bm25", "rrf", "weighted", "rerank"] = "cosine"
 
 
 class SearchFilter(BaseModel):

@@ -1,0 +1,111 @@
+"""How relevant the best hit is, on a scale that a threshold can use, for every way hits are scored.
+
+Rank-fused scores (RRF, weighted) and BM25 scores are relative to one query's candidates; they cannot
+say "nothing here is relevant". What can: a cross-encoder probability, a cosine similarity from an
+embedder that understands the query, or, for BM25-only queries, the share of the query's terms that
+the best hit contains.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from retrieval.store import english_stop_words
+
+RelevanceKind = Literal["rerank", "cosine", "lexical", "none"]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# Chinese function words that carry no topic; jieba returns them as their own tokens.
+_ZH_STOP = frozenset(
+    [
+        "的",
+        "了",
+        "是",
+        "在",
+        "和",
+        "与",
+        "及",
+        "或",
+        "吗",
+        "呢",
+        "吧",
+        "啊",
+        "把",
+        "被",
+        "对",
+        "从",
+        "到",
+        "为",
+        "以",
+        "于",
+        "之",
+        "其",
+        "这",
+        "那",
+        "有",
+        "个",
+        "也",
+        "都",
+        "就",
+        "而",
+        "又",
+        "什么",
+        "怎么",
+        "哪",
+        "哪些",
+        "如何",
+        "谁",
+        "多少",
+        "几",
+        "哪个",
+        "为什么",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Relevance:
+    kind: RelevanceKind
+    value: float | None  # None: nothing to measure (no hits)
+
+    def below(self, threshold: float) -> bool:
+        if threshold <= 0:
+            return self.value is None
+        return self.value is None or self.value < threshold
+
+
+def terms(text: str) -> set[str]:
+    """Content terms of a text: jieba words for Chinese runs, lower-cased words otherwise."""
+    import jieba
+
+    out: set[str] = set()
+    stop = set(english_stop_words())
+    for word in _WORD.findall(text.lower()):
+        if _CJK.search(word):
+            out.update(t for t in jieba.lcut(word) if t.strip() and t not in _ZH_STOP)
+        elif word not in stop:
+            out.add(word)
+    return out
+
+
+def lexical_coverage(query: str, texts: Sequence[str]) -> float | None:
+    """The largest share of the query's content terms that any one text contains.
+
+    Chinese terms are looked up as substrings: jieba may cut the same phrase differently in a short
+    query and in a long passage (报销单要 vs 报销单必须)."""
+    if not texts:
+        return None
+    wanted = terms(query)
+    if not wanted:
+        return 0.0
+    best = 0.0
+    for text in texts:
+        lowered = text.lower()
+        words = terms(text)
+        found = sum(1 for t in wanted if (t in lowered if _CJK.search(t) else t in words))
+        best = max(best, found / len(wanted))
+    return best
