@@ -218,13 +218,16 @@ def test_prompt_language_follows_the_question(gen: Generation) -> None:
 
 def test_refusal_is_answered_without_calling_the_model(gen: Generation) -> None:
     proxied, served = len(gen.proxy.chat_requests), gen.vllm_requests()
-    for question, refusal in [
-        ("What is our parking policy?", "Not found in the knowledge base."),
-        ("停车政策是什么？", "知识库中没有找到相关内容。"),
+    # Off-topic for the handbook (the relevance threshold refuses), and an empty knowledge base.
+    for question, kb, refusal in [
+        ("Who won Super Bowl 50?", "default", "Not found in the knowledge base."),
+        ("How many points did the Panthers defense surrender?", "default", "Not found in the knowledge base."),
+        ("停车政策是什么？", "empty_kb", "知识库中没有找到相关内容。"),
     ]:
-        body = gen.client.post("/ask", json={"question": question, "kb": "empty_kb"}).json()
-        assert body["refused"] and body["answer"] == refusal and body["usage"]["completion_tokens"] == 0
-        events = sse(gen.client, {"question": question, "kb": "empty_kb"})
+        body = gen.client.post("/ask", json={"question": question, "kb": kb}).json()
+        assert body["refused"] and body["answer"] == refusal and body["usage"]["completion_tokens"] == 0, body
+        assert body["citations"] == [] and "generate_ms" not in body["timings"]
+        events = sse(gen.client, {"question": question, "kb": kb})
         assert [n for n, _ in events] == ["token", "citations", "done"] and events[-1][1]["refused"] is True
     assert len(gen.proxy.chat_requests) == proxied, "kb sent the model a request for a refusal"
     assert gen.vllm_requests() == served
