@@ -53,3 +53,15 @@ def test_each_sentence_reports_what_it_cites() -> None:
 def test_chinese_sentences_are_checked_one_by_one() -> None:
     check = check_citations("新员工有十五天年假[1]。病假需要医生证明。", n_sources=1)
     assert [s.grounded for s in check.sentences] == [True, False]
+
+
+def test_the_chat_ui_flags_sentences_that_cite_nothing() -> None:
+    from ui.chat import format_sources
+
+    check = check_citations("Leave is 15 days [1]. Staff may carry over five days.", n_sources=1)
+    source = {"index": 1, "title": "Leave", "page": 2, "doc_id": "leave.md", "chunk_id": "c1", "snippet": "15 days"}
+    shown = format_sources(
+        {"citations": [source], "sources": [source], "sentences": [s.model_dump() for s in check.sentences]}
+    )
+    assert "Not backed by a cited source" in shown and "Staff may carry over five days." in shown
+    assert "Leave is 15 days" not in shown.split("Cited sources")[0]
