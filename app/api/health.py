@@ -25,6 +25,6 @@ async def readyz(container: ContainerDep) -> JSONResponse:
     body = {
         "status": "ready" if llm_up else "degraded",
         "components": {"llm": "up" if llm_up else "down"},
-        "llm": {"base_url": generator.base_url, "model": generator.model},
+        "llm": {"base_url": generator.base_url, "model": generator.model, "max_tokens": generator.max_tokens},
     }
     return JSONResponse(body, status_code=200)

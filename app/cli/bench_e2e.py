@@ -129,12 +129,12 @@ def _vllm_asker(
 
 
 async def _run_level(
-    target: str,
     concurrency: int,
     prompts: Sequence[Prompt],
     ask: Callable[[httpx.AsyncClient, Prompt], Awaitable[Sample]],
     timeout_s: float,
-) -> LevelResult:
+) -> tuple[list[Sample], float]:
+    """Every prompt once, by `concurrency` askers; the samples and the wall time in seconds."""
     queue: asyncio.Queue[Prompt] = asyncio.Queue()
     for p in prompts:
         queue.put_nowait(p)
@@ -153,7 +153,10 @@ async def _run_level(
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+        return samples, time.perf_counter() - started
+
+
+def _level_result(target: str, concurrency: int, samples: Sequence[Sample], wall: float) -> LevelResult:
     good = [s for s in samples if s.ok]
     ttft, e2e = [s.ttft_ms for s in good], [s.e2e_ms for s in good]
     return LevelResult(
@@ -181,7 +184,8 @@ def _load_questions(path: Path, limit: int) -> list[str]:
 @bench_cli.command("e2e")
 def bench_e2e(  # noqa: PLR0917  (Typer options)
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of concurrent askers.")] = "1,4,8,16",
-    requests: Annotated[int, typer.Option(min=1, help="Requests per concurrency level (and per target).")] = 16,
+    requests: Annotated[int, typer.Option(min=1, help="Distinct prompts per concurrency level and round.")] = 16,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds per level, alternating which side goes first.")] = 2,
     questions: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="QA file (jsonl with 'question'); default ../shared/eval/xquad_en/qa.jsonl."),
@@ -225,27 +229,38 @@ def bench_e2e(  # noqa: PLR0917  (Typer options)
     if not prompts:
         fail(f"kb refuses every question in {qa_path}: is the knowledge base {kb!r} ingested?")
     llm = settings.llm
+    # The answer length the API uses, so that vLLM alone is asked for the same work.
+    max_tokens = int(ready.get("llm", {}).get("max_tokens", llm.max_tokens))
     to_vllm = _vllm_asker(
         settings.llm_base_url.rstrip("/"), llm.served_model_name, llm.api_key.get_secret_value(),
-        llm.max_tokens, llm.temperature,
+        max_tokens, llm.temperature,
     )  # fmt: skip
 
     async def to_kb(client: httpx.AsyncClient, prompt: Prompt) -> Sample:
         return await _ask_kb(client, api, kb, prompt)
 
     # One unmeasured request each way, so that neither side pays a cold start inside the numbers.
-    asyncio.run(_run_level("kb", 1, prompts[:1], to_kb, llm.timeout_s * 3))
-    asyncio.run(_run_level("vllm", 1, prompts[:1], to_vllm, llm.timeout_s * 3))
+    timeout_s = llm.timeout_s * 3
+    asyncio.run(_run_level(1, prompts[:1], to_kb, timeout_s))
+    asyncio.run(_run_level(1, prompts[:1], to_vllm, timeout_s))
+    askers = {"kb": to_kb, "vllm": to_vllm}
     results: list[LevelResult] = []
     for c in levels:
-        for target, ask in (("kb", to_kb), ("vllm", to_vllm)):
-            result = asyncio.run(_run_level(target, c, prompts, ask, llm.timeout_s * 3))
+        pooled: dict[str, tuple[list[Sample], float]] = {"kb": ([], 0.0), "vllm": ([], 0.0)}
+        for r in range(rounds):
+            # Alternate which side goes first, so that a machine getting busier or quieter during the run
+            # does not favour one side.
+            for target in ("kb", "vllm") if r % 2 == 0 else ("vllm", "kb"):
+                samples, wall = asyncio.run(_run_level(c, prompts, askers[target], timeout_s))
+                pooled[target] = (pooled[target][0] + samples, pooled[target][1] + wall)
+        for target, (samples, wall) in pooled.items():
+            result = _level_result(target, c, samples, wall)
             results.append(result)
             typer.echo(f"{target:5} c={c:<3} qps={result.qps:.2f} errors={result.errors}", err=True)
     summary = _summary(results)
     data = {
         "api_url": api, "llm_url": settings.llm_base_url, "model": llm.served_model_name,
-        "max_tokens": llm.max_tokens, "requests": len(prompts), "questions": str(qa_path),
+        "max_tokens": max_tokens, "requests": len(prompts), "rounds": rounds, "questions": str(qa_path),
         "results": [asdict(r) for r in results], "summary": summary,
     }  # fmt: skip
     emit(data, as_json, _markdown(results, summary))
