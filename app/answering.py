@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from anyio import to_thread
 
+from retrieval.condense import Condenser
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
 from retrieval.types import Answer, ChatMessage, Citation, Generator, SearchFilter, SearchMode, Usage
@@ -38,8 +39,10 @@ def retrieval_query(question: Question) -> str:
 
 class AnswerService:
     def __init__(
-        self, *, query: QueryPipeline, generator: Generator, prompts: PromptBook, top_k: int, citation_guard: bool
-    ) -> None:
+        self, *, query: QueryPipeline, generator: Generator, prompts: PromptBook, top_k: int, citation_guard: bool,
+        condenser: Condenser | None = None,
+    ) -> None:  # fmt: skip
+        self._condenser = condenser
         self._citation_guard = citation_guard
         self._query = query
         self._generator = generator
@@ -48,12 +51,19 @@ class AnswerService:
 
     async def retrieve(self, question: Question) -> Retrieval:
         flt = SearchFilter(acl_groups=list(question.acl_groups) if question.acl_groups is not None else None)
-        return await to_thread.run_sync(
+        query, condense_ms = retrieval_query(question), None
+        if self._condenser is not None and question.history:
+            t = time.perf_counter()
+            query = (await self._condenser.condense(question.text, question.history)).query
+            condense_ms = (time.perf_counter() - t) * 1000
+        retrieval = await to_thread.run_sync(
             lambda: self._query.search(
-                retrieval_query(question), kb=question.kb, top_k=question.top_k or self._top_k,
-                mode=question.mode, flt=flt,
+                query, kb=question.kb, top_k=question.top_k or self._top_k, mode=question.mode, flt=flt,
             )
         )  # fmt: skip
+        if condense_ms is not None:
+            retrieval.timings["condense_ms"] = condense_ms
+        return retrieval
 
     async def ask(self, question: Question) -> Answer:
         turn = await self._prepare(question)

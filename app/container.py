@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from pathlib import Path
 
+import jinja2
+
+import serving.prompts
 from app.answering import AnswerService
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
 from ingest.loaders import UnstructuredLoader
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
+from retrieval.condense import Condenser
+from retrieval.context import context_budget
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.pipeline import QueryPipeline, Thresholds
@@ -94,7 +100,9 @@ class Container:
             store=self.store,
             default_mode=r.mode,
             candidates=r.candidates,
-            context_tokens=r.context_tokens,
+            context_tokens=context_budget(
+                self.settings.llm.max_model_len, self.settings.llm.max_tokens, r.context_tokens
+            ),
             reranker=self.reranker,
             rerank_candidates=self.settings.reranker.candidates,
             rerank_wanted=self.settings.reranker.enabled,
@@ -123,7 +131,19 @@ class Container:
             prompts=PromptBook(),
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
+            condenser=self.condenser,
         )
+
+    @cached_property
+    def condenser(self) -> Condenser | None:
+        if not self.settings.retrieval.condense:
+            return None
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(Path(serving.prompts.__file__).parent)),
+            autoescape=False,  # plain-text prompt
+            undefined=jinja2.StrictUndefined,
+        )
+        return Condenser(self.generator, env.get_template("condense.j2"))
 
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""

@@ -147,6 +147,12 @@ class DatabaseSettings(BaseModel):
 
 class SecuritySettings(BaseModel):
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # Caller identity -> ACL groups. Keys are the SHA-256 hex digests of API keys (so that the settings
+    # hold no secrets); a request presenting that key (Authorization: Bearer or X-API-Key) reads
+    # documents of these groups plus public ones.
+    key_groups: dict[str, list[str]] = Field(default_factory=dict)
+    # Groups of callers without a known key; empty means public documents only.
+    anonymous_groups: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

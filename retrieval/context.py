@@ -39,6 +39,16 @@ class Source(BaseModel):
         )
 
 
+# Instructions, question, source headers and chat-template tokens around the sources.
+PROMPT_OVERHEAD_TOKENS = 300
+
+
+def context_budget(max_model_len: int, answer_tokens: int, configured: int) -> int:
+    """Tokens the sources may use: what the model's window leaves after the answer and the prompt's
+    own text, capped by the configured budget (and never below a usable minimum)."""
+    return max(64, min(configured, max_model_len - answer_tokens - PROMPT_OVERHEAD_TOKENS))
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.split()).lower()
 

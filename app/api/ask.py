@@ -11,6 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from app.answering import Question
 from app.deps import ContainerDep
 from app.schemas import AskRequest
+from app.security import CallerGroups
 from retrieval.types import Answer
 
 router = APIRouter(tags=["ask"])
@@ -24,8 +25,10 @@ _SSE_DOC = {
 
 
 @router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
-async def ask(body: AskRequest, container: ContainerDep) -> Answer | Response:
-    question = Question(text=body.question, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history)
+async def ask(body: AskRequest, container: ContainerDep, groups: CallerGroups) -> Answer | Response:
+    question = Question(
+        text=body.question, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history, acl_groups=groups
+    )
     if not body.stream:
         return await container.answers.ask(question)
 

@@ -44,3 +44,11 @@ def test_context_fits_the_token_budget() -> None:
 def test_an_oversized_best_chunk_is_cut_not_dropped() -> None:
     sources = assemble_context([hit("a", 0, "word " * 500, 1.0)], count_tokens=count, budget_tokens=50)
     assert len(sources) == 1 and count(sources[0].text) <= 60
+
+
+def test_context_budget_follows_the_model_window() -> None:
+    from retrieval.context import PROMPT_OVERHEAD_TOKENS, context_budget
+
+    assert context_budget(32768, 512, 1000) == 1000  # a large window: the configured budget
+    assert context_budget(2048, 384, 4000) == 2048 - 384 - PROMPT_OVERHEAD_TOKENS  # a small one caps it
+    assert context_budget(512, 500, 1000) == 64

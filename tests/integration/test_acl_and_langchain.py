@@ -1,0 +1,97 @@
+"""ACL from the caller's identity (never the request body), filter values that cannot widen a filter,
+and kb's retrieval as a LangChain retriever inside an LCEL chain; real MiniLM + Milvus Lite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.container import Container
+from app.main import create_app
+from app.security import key_digest
+from app.settings import Settings
+from retrieval.langchain_retriever import KbRetriever
+from retrieval.types import Chunk, SearchFilter
+
+pytestmark = pytest.mark.integration
+
+DOCS = [
+    ("public.md", [], ["general"], "The office canteen opens at 8 am and serves breakfast until 10 am."),
+    ("salaries.md", ["hr"], ["pay"], "Salary bands: engineers in band 3 earn between 70k and 90k per year."),
+    ("budget.md", ["finance"], ["pay"], "The finance budget for salary increases next year is 4 percent."),
+]
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    home = tmp_path_factory.mktemp("acl")
+    settings = Settings(
+        home=home, models_dir=home / "models", reranker={"enabled": False},  # type: ignore[arg-type]
+        security={"key_groups": {key_digest("hr-key"): ["hr"]}},  # type: ignore[arg-type]
+    )  # fmt: skip
+    c = Container(settings)
+    chunks = [
+        Chunk(chunk_id=Chunk.make_id(doc, 1, 0), doc_id=doc, text=text, title=doc, acl_groups=acl, tags=tags)
+        for doc, acl, tags, text in DOCS
+    ]
+    c.store.upsert("default", chunks, c.embedder.embed([ch.text for ch in chunks], "passage"))
+    c.store.flush("default")
+    yield c
+    c.store.close()
+
+
+def _docs(client: TestClient, body: dict[str, object], headers: dict[str, str] | None = None) -> set[str]:
+    r = client.post("/search", json={"query": "salary", "top_k": 10, **body}, headers=headers or {})
+    assert r.status_code == 200, r.text
+    return {h["doc_id"] for h in r.json()["hits"]}
+
+
+def test_acl_groups_come_from_the_api_key_not_the_body(kb: Container) -> None:
+    client = TestClient(create_app(kb.settings, kb))
+    assert _docs(client, {}) == {"public.md"}
+    # A body cannot choose groups: unknown fields are ignored, the caller stays anonymous.
+    assert _docs(client, {"acl_groups": ["hr", "finance"]}) == {"public.md"}
+    assert _docs(client, {}, {"Authorization": "Bearer hr-key"}) == {"public.md", "salaries.md"}
+    assert _docs(client, {}, {"X-API-Key": "hr-key"}) == {"public.md", "salaries.md"}
+    assert _docs(client, {}, {"Authorization": "Bearer wrong-key"}) == {"public.md"}
+
+
+@pytest.mark.parametrize(
+    "evil", ['hr" or 1==1 or "', 'x"] or array_length(acl_groups) >= 0 or ["', "') or ('1'=='1", "hr\\"]
+)
+def test_hostile_filter_values_cannot_widen_the_filter(kb: Container, evil: str) -> None:
+    def found(flt: SearchFilter) -> set[str]:
+        hits = kb.store.search("default", "salary budget canteen", None, mode="bm25", limit=10, flt=flt)
+        return {h.chunk.doc_id for h in hits}
+
+    assert found(SearchFilter(acl_groups=[evil])) == {"public.md"}
+    assert found(SearchFilter(doc_ids=[evil])) == set()
+    assert found(SearchFilter(tags=[evil])) == set()
+    assert found(SearchFilter(tags=["pay"], acl_groups=["finance"])) == {"budget.md"}  # the filter does work
+
+
+def test_kb_retriever_in_an_lcel_chain_keeps_the_acl(kb: Container) -> None:
+    from langchain_core.documents import Document
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
+    retriever = KbRetriever(pipeline=kb.query, top_k=5, acl_groups=["hr"])
+
+    def format_docs(docs: list[Document]) -> str:
+        return "\n".join(f"[{d.metadata['index']}] {d.metadata['title']}: {d.page_content}" for d in docs)
+
+    prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | RunnableLambda(lambda p: p.to_string())
+    )
+    text = chain.invoke("What do engineers earn per year?")
+    assert "[1] salaries.md: Salary bands" in text
+    assert "budget.md" not in text  # finance-only document stays out
+
+    docs = retriever.invoke("salary bands")
+    assert docs[0].metadata["doc_id"] == "salaries.md" and docs[0].id == docs[0].metadata["chunk_id"]
+    assert {"title", "source", "page", "score", "score_kind", "acl_groups"} <= set(docs[0].metadata)

@@ -1,0 +1,139 @@
+"""`kb eval retrieval`, `kb eval qa` and `kb bench retrieval` in-process on tiny data sets (real MiniLM,
+Milvus Lite, langchain-milvus); the full sets belong to the commands, not to tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import jinja2
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from retrieval.condense import Condenser
+from retrieval.types import ChatMessage
+from serving import prompts
+from serving.generator import OpenAIGenerator
+from tests.integration.conftest import write
+
+pytestmark = pytest.mark.integration
+
+TOPICS = {
+    "d1": ("Vitamin B12", "Vitamin B12 deficiency raises homocysteine levels in the blood."),
+    "d2": ("Malaria", "Malaria parasites are transmitted by Anopheles mosquitoes."),
+    "d3": ("Insulin", "Insulin lowers blood glucose by promoting uptake into muscle cells."),
+    "d4": ("Telomeres", "Telomere shortening limits how often human cells can divide."),
+    "d5": ("Statins", "Statins reduce LDL cholesterol and the risk of heart attacks."),
+    "d6": ("Gut flora", "Intestinal bacteria ferment dietary fibre into short-chain fatty acids."),
+}
+QUERIES = {
+    "q1": ("What does a lack of vitamin B12 do to homocysteine?", "d1"),
+    "q2": ("Which mosquitoes carry malaria?", "d2"),
+    "q3": ("How do statins affect cholesterol?", "d5"),
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("KB_LLM__BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on the discard port
+    monkeypatch.setenv("KB_LLM__CONNECT_RETRIES", "0")
+    return tmp_path
+
+
+def _beir(folder: Path) -> Path:
+    corpus = "".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in TOPICS.items())
+    write(folder / "corpus.jsonl", corpus)
+    write(folder / "queries.jsonl", "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in QUERIES.items()))
+    write(
+        folder / "qrels.tsv",
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items()),
+    )
+    return folder
+
+
+def test_eval_retrieval_reports_every_mode(home: Path) -> None:
+    data = _beir(home / "beir")
+    out = home / "out.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "retrieval",
+            "--dataset",
+            str(data),
+            "--modes",
+            "bm25,dense,hybrid,rerank,langchain",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "nDCG@10" in result.stdout and "langchain (baseline)" in result.stdout
+    report = json.loads(out.read_text())
+    modes = {m["mode"]: m for m in report["modes"]}
+    assert set(modes) == {"bm25", "dense", "hybrid", "rerank", "langchain (baseline)"}
+    assert modes["rerank"]["skipped"]  # no reranker weights offline: reported, not pretended
+    for name in ("bm25", "dense", "hybrid", "langchain (baseline)"):
+        assert modes[name]["ndcg_10"] == pytest.approx(1.0), name  # six distinct topics: each query's doc is first
+        assert modes[name]["queries"] == 3 and modes[name]["p95_ms"] > 0
+
+
+def test_eval_rejects_bad_input(home: Path) -> None:
+    result = CliRunner().invoke(cli, ["eval", "retrieval", "--dataset", str(home / "missing")])
+    assert result.exit_code == 2 and "not a BEIR data set" in result.output
+    result = CliRunner().invoke(cli, ["eval", "retrieval", "--dataset", str(home), "--modes", "magic"])
+    assert result.exit_code == 2 and "--modes" in result.output
+    result = CliRunner().invoke(cli, ["eval", "qa", "--dataset", str(home)])
+    assert result.exit_code == 2 and "not a QA data set" in result.output
+
+
+def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> None:
+    folder = home / "qa"
+    write(folder / "docs" / "Malaria.md", "# Malaria\n\nMalaria parasites are carried by Anopheles mosquitoes.\n")
+    write(folder / "docs" / "Insulin.md", "# Insulin\n\nInsulin lowers blood glucose after meals.\n")
+    write(folder / "docs" / "Zh.md", "# Zh\n\n疟疾由按蚊传播，主要发生在热带地区。\n")
+    qa = [
+        {"id": "1", "question": "Which mosquitoes carry malaria?", "answers": ["Anopheles"], "doc": "Malaria.md"},
+        {"id": "2", "question": "What lowers blood glucose?", "answers": ["Insulin"], "doc": "Insulin.md"},
+        {"id": "3", "question": "疟疾由什么传播？", "answers": ["按蚊"], "doc": "Zh.md"},
+    ]
+    write(folder / "qa.jsonl", "".join(json.dumps({**q, "answerable": True}, ensure_ascii=False) + "\n" for q in qa))
+    out = home / "qa.json"
+    args = ["eval", "qa", "--dataset", str(folder), "--json", str(out), "--compare", "bm25,hybrid"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["hit_at_1"] == pytest.approx(1.0) and report["hit_at_5"] == pytest.approx(1.0)
+    assert report["modes"] == {"hybrid": 2, "bm25": 1}  # the Chinese question is answered by BM25 alone
+    assert "LLM not reachable" in report["llm"] and report["f1"] is None
+    assert report["by_mode"]["bm25"]["answered_as"] == {"bm25": 3}
+    assert report["by_mode"]["hybrid"]["answered_as"] == {"hybrid": 2, "bm25": 1}
+
+
+def test_bench_retrieval_writes_its_table(home: Path) -> None:
+    data = _beir(home / "beir")
+    md = home / "BENCH.md"
+    md.write_text("# Benchmarks\n\nkept\n")
+    args = ["bench", "retrieval", "--dataset", str(data), "--sizes", "6,12", "--queries", "3", "--markdown", str(md)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    text = md.read_text()
+    assert "kept" in text and "| 6 |" in text and "| 12 |" in text and "kb bench retrieval" in text
+    again = CliRunner().invoke(cli, args)  # the section is replaced, not appended
+    assert again.exit_code == 0 and md.read_text().count("Retrieval latency at scale") == 1
+
+
+def test_condense_falls_back_when_the_model_server_is_down() -> None:
+    generator = OpenAIGenerator(
+        base_url="http://127.0.0.1:9/v1", api_key="x", model="m", max_tokens=32, temperature=0.0, timeout_s=2, retries=0
+    )
+    loader = jinja2.FileSystemLoader(str(Path(prompts.__file__).parent))
+    template = jinja2.Environment(loader=loader).get_template("condense.j2")
+    history = [ChatMessage(role="user", content="How many days of annual leave do employees get?")]
+    condensed = asyncio.run(Condenser(generator, template).condense("And contractors?", history))
+    assert condensed.method == "fallback"
+    assert condensed.query == "How many days of annual leave do employees get?\nAnd contractors?"
+    assert asyncio.run(Condenser(generator, template).condense("Hi", [])).method == "none"

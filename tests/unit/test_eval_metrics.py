@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from app.security import groups_for, key_digest
+from app.settings import SecuritySettings
+from retrieval.evaluate import exact_match, f1_score, mrr_at, ndcg_at, recall_at
+from retrieval.relevance import lexical_coverage
+
+
+def test_ranking_metrics_by_hand() -> None:
+    rel = {"a": 1, "b": 1}
+    ranked = ["x", "a", "y", "b"]
+    ideal = 1 + 1 / math.log2(3)
+    assert ndcg_at(ranked, rel, 10) == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert ndcg_at(["a", "b"], rel, 10) == pytest.approx(1.0)
+    assert recall_at(ranked, rel, 2) == 0.5 and recall_at(ranked, rel, 4) == 1.0
+    assert mrr_at(ranked, rel, 10) == 0.5 and mrr_at(["x"], rel, 10) == 0.0
+
+
+def test_squad_style_answer_scores_english_and_chinese() -> None:
+    assert exact_match("The Denver Broncos.", ["Denver Broncos"]) == 1.0
+    assert f1_score("the Broncos of Denver", ["Denver Broncos"]) == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    # Chinese compares characters: 3 of 4 predicted characters are in the 3-character gold answer.
+    assert f1_score("丹佛野马队", ["野马队"]) == pytest.approx(2 * 0.6 * 1.0 / 1.6)
+    assert exact_match("四次。", ["四次"]) == 1.0
+    assert f1_score("", ["x"]) == 0.0
+
+
+def test_lexical_coverage_ignores_stop_words_and_handles_chinese() -> None:
+    assert lexical_coverage("What is the VPN password policy?", ["VPN password rules"]) == pytest.approx(2 / 3)
+    assert lexical_coverage("报销单要在多少天内提交？", ["报销单必须在30天内提交。"]) == pytest.approx(4 / 5)
+    assert lexical_coverage("anything", []) is None
+
+
+def test_caller_groups_come_from_known_keys_only() -> None:
+    security = SecuritySettings(key_groups={key_digest("k1"): ["hr"]}, anonymous_groups=["staff"])
+    assert groups_for(security, "k1") == ["hr"]
+    assert groups_for(security, "unknown") == ["staff"]
+    assert groups_for(security, None) == ["staff"]
