@@ -114,6 +114,8 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
                 typer.echo("starting the model server (vLLM; about a minute on a CPU)...", err=True)
                 server.start(settings.llm.startup_timeout_s)
                 started.append(server)
+        elif settings.llm.base_url:
+            typer.echo(f"using the external model server at {settings.llm.base_url} (no launcher)", err=True)
         container = Container(settings)
         if not container.registry.documents("default") and settings.ingest.demo_dir.is_dir():
             typer.echo(f"first start: ingesting demo documents from {settings.ingest.demo_dir}", err=True)
