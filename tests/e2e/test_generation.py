@@ -242,7 +242,7 @@ def test_refusal_is_answered_without_calling_the_model(gen: Generation) -> None:
         events = sse(gen.client, {"question": question, "kb": kb})
         assert [n for n, _ in events] == ["token", "citations", "done"] and events[-1][1]["refused"] is True
     assert len(gen.proxy.chat_requests) == proxied, "kb sent the model a request for a refusal"
-    assert gen.vllm_requests() == served
+    assert gen.settled_vllm_requests() == served
 
 
 def test_connection_errors_are_retried_until_the_server_is_back(gen: Generation) -> None:
