@@ -17,7 +17,7 @@ from ingest.loaders import UnstructuredLoader
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
 from retrieval.condense import Condenser
-from retrieval.context import context_budget
+from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.pipeline import QueryPipeline, Thresholds
@@ -107,6 +107,7 @@ class Container:
             rerank_candidates=self.settings.reranker.candidates,
             rerank_wanted=self.settings.reranker.enabled,
             thresholds=Thresholds(**r.min_relevance.model_dump()),
+            count_tokens=llm_token_counter(self.settings.llm_model_path),
         )
 
     @cached_property

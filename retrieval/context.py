@@ -49,6 +49,18 @@ def context_budget(max_model_len: int, answer_tokens: int, configured: int) -> i
     return max(64, min(configured, max_model_len - answer_tokens - PROMPT_OVERHEAD_TOKENS))
 
 
+def llm_token_counter(model: str) -> Callable[[str], int] | None:
+    """Token counting with the generator's own tokenizer when its files are local, else None."""
+    from pathlib import Path
+
+    if not (Path(model).expanduser() / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(model).expanduser()))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.split()).lower()
 

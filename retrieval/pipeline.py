@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from retrieval.context import Source, assemble_context
@@ -70,6 +71,7 @@ class QueryPipeline:
         rerank_candidates: int = 30,
         rerank_wanted: bool = False,
         thresholds: Thresholds | None = None,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self._embedder = embedder
         self._store = store
@@ -81,6 +83,9 @@ class QueryPipeline:
         # Settings asked for reranking but no model could be loaded: every answer says so.
         self._rerank_missing = rerank_wanted and reranker is None
         self._thresholds = thresholds or Thresholds()
+        # The budget is in the generator's tokens; the embedder's tokenizer undercounts Chinese for
+        # most LLMs (one [UNK] per character against two or three byte-level tokens).
+        self._count_tokens = count_tokens or embedder.count_tokens
 
     @property
     def has_reranker(self) -> bool:
@@ -155,7 +160,7 @@ class QueryPipeline:
         sources = (
             []
             if no_relevant
-            else assemble_context(hits, count_tokens=self._embedder.count_tokens, budget_tokens=self._context_tokens)
+            else assemble_context(hits, count_tokens=self._count_tokens, budget_tokens=self._context_tokens)
         )
         timings["context_ms"] = (time.perf_counter() - t) * 1000
         return Retrieval(

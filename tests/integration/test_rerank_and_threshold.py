@@ -121,3 +121,15 @@ def test_answer_service_refuses_when_nothing_is_relevant(tmp_path: Path) -> None
         assert answer.refused and answer.sources == [] and answer.message == "no relevant context found"
     finally:
         c.store._client.close()
+
+
+def test_context_is_budgeted_in_the_generators_tokens(kb: Container, tiny_cross_encoder: Path, tmp_path: Path) -> None:
+    from retrieval.context import llm_token_counter
+
+    assert llm_token_counter(str(tmp_path / "no-model")) is None  # e.g. a remote model name: embedder counts
+    count = llm_token_counter(str(tiny_cross_encoder))  # any local folder with tokenizer files
+    assert count is not None and count("annual leave") == 2
+    # A counter that sees every character as a token halves what fits compared with a word counter.
+    words = _pipeline(kb, context_tokens=12, count_tokens=lambda t: len(t.split())).search("annual leave", top_k=5)
+    chars = _pipeline(kb, context_tokens=12, count_tokens=len).search("annual leave", top_k=5)
+    assert sum(len(s.text) for s in chars.sources) < sum(len(s.text) for s in words.sources)
