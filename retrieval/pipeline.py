@@ -25,6 +25,8 @@ class Thresholds:
     rerank: float = 0.0
     cosine: float = 0.0
     lexical: float = 0.0
+    # Also required beside `cosine`: the share of the query's terms in the best hits (see settings).
+    cosine_lexical: float = 0.0
 
     def of(self, kind: str) -> float:
         return {"rerank": self.rerank, "cosine": self.cosine, "lexical": self.lexical}.get(kind, 0.0)
@@ -153,6 +155,9 @@ class QueryPipeline:
         relevance = self.relevance(kb, question, found, top_k)
         timings["relevance_ms"] = (time.perf_counter() - t) * 1000
         no_relevant = bool(hits) and relevance.below(self._thresholds.of(relevance.kind))
+        if hits and not no_relevant and relevance.kind == "cosine" and self._thresholds.cosine_lexical > 0:
+            coverage = lexical_coverage(question, [h.chunk.text for h in hits])
+            no_relevant = coverage is None or coverage < self._thresholds.cosine_lexical
         if no_relevant:
             log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
         t = time.perf_counter()

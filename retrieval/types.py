@@ -70,6 +70,14 @@ class Usage(BaseModel):
     completion_tokens: int = 0
 
 
+class SentenceGrounding(BaseModel):
+    """One sentence of an answer and the valid sources it cites; grounded when it cites at least one."""
+
+    text: str
+    citations: list[int] = Field(default_factory=list)
+    grounded: bool = False
+
+
 class Answer(BaseModel):
     answer: str
     # The sources the answer text cites ([n] markers that name a real source), in source order.
@@ -79,6 +87,9 @@ class Answer(BaseModel):
     refused: bool = False
     degraded: bool = False
     grounded: bool = False
+    # Per sentence, so that a UI can mark the sentences that cite nothing (empty for refusals and
+    # degraded answers, which are not model text).
+    sentences: list[SentenceGrounding] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
     answer_id: str = ""

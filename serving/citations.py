@@ -1,14 +1,18 @@
-"""Citation markers in model output: find them, drop the invalid ones, report what was cited."""
+"""Citation markers in model output: find them, drop the invalid ones, report what each sentence cites."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from retrieval.types import SentenceGrounding
+
 # [1], [1, 2], [1][2], 【1】, [1，2]: the forms models write in English and Chinese answers.
 _MARKER = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")
+_VALID_MARKER = re.compile(r"\[(\d+)\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])|\n+")
 _WORDISH = re.compile(r"\w")
+_MIN_WORD_CHARS = 4  # shorter pieces ("OK.", a list number) are not claims that need a source
 
 
 @dataclass
@@ -16,11 +20,35 @@ class CitationCheck:
     text: str
     cited: list[int] = field(default_factory=list)  # source numbers in order of first citation
     invalid: list[int] = field(default_factory=list)
-    uncited_sentences: list[str] = field(default_factory=list)
+    sentences: list[SentenceGrounding] = field(default_factory=list)
+
+    @property
+    def uncited_sentences(self) -> list[str]:
+        return [s.text for s in self.sentences if not s.grounded]
 
     @property
     def grounded(self) -> bool:
-        return bool(self.cited) and not self.uncited_sentences
+        return bool(self.cited) and all(s.grounded for s in self.sentences)
+
+
+def split_sentences(text: str) -> list[SentenceGrounding]:
+    """Sentences with the valid markers each carries; a piece holding only markers ("... days. [1]")
+    belongs to the sentence before it."""
+    pieces: list[str] = []
+    for piece in (p.strip() for p in _SENTENCE_END.split(text)):
+        if not piece:
+            continue
+        if pieces and not _VALID_MARKER.sub("", piece).strip(" .。"):
+            pieces[-1] = f"{pieces[-1]} {piece}"
+        else:
+            pieces.append(piece)
+    sentences = []
+    for piece in pieces:
+        if len(_WORDISH.findall(_VALID_MARKER.sub("", piece))) < _MIN_WORD_CHARS:
+            continue
+        numbers = list(dict.fromkeys(int(n) for n in _VALID_MARKER.findall(piece)))
+        sentences.append(SentenceGrounding(text=piece, citations=numbers, grounded=bool(numbers)))
+    return sentences
 
 
 def check_citations(answer: str, n_sources: int) -> CitationCheck:
@@ -39,10 +67,7 @@ def check_citations(answer: str, n_sources: int) -> CitationCheck:
 
     text = _MARKER.sub(_rewrite, answer)
     text = re.sub(r"[ \t]+([.,;:!?。，；：！？])", r"\1", text).strip()
-    uncited = [
-        s.strip() for s in _SENTENCE_END.split(text) if len(_WORDISH.findall(s)) >= 4 and not re.search(r"\[\d+\]", s)
-    ]
-    return CitationCheck(text=text, cited=cited, invalid=invalid, uncited_sentences=uncited)
+    return CitationCheck(text=text, cited=cited, invalid=invalid, sentences=split_sentences(text))
 
 
 def citation_pattern(n_sources: int, refusal: str, language: str) -> str:

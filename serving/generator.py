@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 
+import httpx
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI, AsyncStream, Timeout
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from retrieval.types import ChatMessage, GenerationDelta, GenerationResult, Usage
+
+log = logging.getLogger(__name__)
 
 
 class GeneratorUnavailable(RuntimeError):
     """The model server could not be reached or did not answer in time."""
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    # A refused or dropped connection is worth another try (a server restarting, a pod rescheduled); a
+    # timeout is not: retrying it would multiply the wait past the timeout the caller configured.
+    return isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
 
 
 class OpenAIGenerator:
@@ -25,16 +43,31 @@ class OpenAIGenerator:
         temperature: float,
         timeout_s: float,
         retries: int,
+        backoff_s: float = 0.5,
     ) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
-        # The SDK retries connection errors and 5xx with exponential backoff; we only bound it.
+        self.base_url = base_url
+        self._timeout_s = timeout_s
+        self._retries = retries
+        self._backoff_s = backoff_s
+        # Retries are ours (tenacity, connection errors only); the SDK's own would also retry 5xx and
+        # timeouts, which would hide a slow server behind several full timeouts.
         self._client = AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
             timeout=Timeout(timeout_s, connect=min(5.0, timeout_s)),
-            max_retries=retries,
+            max_retries=0,
+        )
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(_is_connection_error),
+            stop=stop_after_attempt(self._retries + 1) | stop_after_delay(self._timeout_s),
+            wait=wait_exponential(multiplier=self._backoff_s, max=4.0),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
         )
 
     @staticmethod
@@ -43,16 +76,38 @@ class OpenAIGenerator:
         # callers pass a pattern only when the setting says the server supports it.
         return {"structured_outputs": {"regex": pattern}} if pattern else None
 
+    async def _create(self, messages: Sequence[ChatMessage], pattern: str | None) -> ChatCompletion:
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=[m.model_dump() for m in messages],  # type: ignore[misc]
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    extra_body=self._extra(pattern),
+                )
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _create_stream(
+        self, messages: Sequence[ChatMessage], pattern: str | None
+    ) -> AsyncStream[ChatCompletionChunk]:
+        async for attempt in self._retrying():
+            with attempt:
+                return await self._client.chat.completions.create(  # type: ignore[call-overload,no-any-return]
+                    model=self.model,
+                    messages=[m.model_dump() for m in messages],
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body=self._extra(pattern),
+                )
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
     async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
         try:
-            response = await self._client.chat.completions.create(
-                model=self.model,
-                messages=[m.model_dump() for m in messages],  # type: ignore[misc]
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                extra_body=self._extra(pattern),
-            )
-        except (APIConnectionError, APITimeoutError) as exc:
+            response = await self._create(messages, pattern)
+        except APIConnectionError as exc:  # APITimeoutError included
             raise GeneratorUnavailable(f"model server unavailable: {exc}") from exc
         except APIStatusError as exc:
             raise GeneratorUnavailable(f"model server error {exc.status_code}: {exc.message}") from exc
@@ -69,17 +124,8 @@ class OpenAIGenerator:
         self, messages: Sequence[ChatMessage], *, pattern: str | None = None
     ) -> AsyncIterator[GenerationDelta]:
         try:
-            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
-                model=self.model,
-                messages=[m.model_dump() for m in messages],
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body=self._extra(pattern),
-            )
-            assert isinstance(stream, AsyncStream)
-            event: ChatCompletionChunk
+            # Only opening the stream is retried: once tokens have gone out, a retry would repeat them.
+            stream = await self._create_stream(messages, pattern)
             async for event in stream:
                 if event.choices and event.choices[0].delta.content:
                     yield GenerationDelta(text=event.choices[0].delta.content)
@@ -89,17 +135,18 @@ class OpenAIGenerator:
                             prompt_tokens=event.usage.prompt_tokens, completion_tokens=event.usage.completion_tokens
                         )
                     )
-        except (APIConnectionError, APITimeoutError) as exc:
+        except (APIConnectionError, httpx.TransportError) as exc:  # a server that dies mid-answer drops the stream
             raise GeneratorUnavailable(f"model server unavailable: {exc}") from exc
         except APIStatusError as exc:
             raise GeneratorUnavailable(f"model server error {exc.status_code}: {exc.message}") from exc
 
     async def ready(self) -> bool:
+        """True when the server answers /models and lists the configured model."""
         try:
-            await self._client.with_options(max_retries=0, timeout=3.0).models.list()
+            models = await self._client.with_options(timeout=3.0).models.list()
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
-        return True
+        return any(m.id == self.model for m in models.data)
 
     async def close(self) -> None:
         await self._client.close()

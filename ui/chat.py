@@ -32,6 +32,9 @@ def format_sources(answer: dict[str, Any]) -> str:
     parts: list[str] = []
     if answer.get("degraded"):
         parts.append(f"⚠️ {answer.get('message', 'degraded answer')}")
+    uncited = [x["text"] for x in answer.get("sentences", []) if not x.get("grounded")]
+    if uncited and not answer.get("refused"):
+        parts.append("⚠️ Not backed by a cited source: " + " ".join(f"“{t}”" for t in uncited))
     if cited:
         parts.append("#### Cited sources\n\n" + "\n\n".join(_source_line(c) for c in cited))
     if others and not answer.get("degraded"):

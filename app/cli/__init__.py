@@ -9,7 +9,17 @@ import sys
 
 import typer
 
-from app.cli import bench_ingest, bench_retrieval, config_models, eval, ingest, query, serve  # noqa: F401  (registers commands)
+from app.cli import (  # noqa: F401  (registers commands)
+    bench_e2e,
+    bench_ingest,
+    bench_retrieval,
+    config_models,
+    eval,
+    eval_refusal,
+    ingest,
+    query,
+    serve,
+)
 from app.cli._common import cli
 
 __all__ = ["cli", "main"]

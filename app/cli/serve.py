@@ -32,6 +32,7 @@ def _llm_server(settings: Settings) -> Any:
             cache_root=settings.home / "cache" / "vllm",
             log_path=settings.home / "logs" / "vllm.log",
             api_key=settings.llm.api_key.get_secret_value(),
+            device=settings.llm.device,
         )
     )
 
@@ -67,6 +68,11 @@ def serve_llm() -> None:
     from serving.models import ModelPrepareError, prepare_default_llm
 
     settings = load_settings()
+    if settings.llm.base_url:
+        fail(
+            f"KB_LLM__BASE_URL is set ({settings.llm.base_url}): kb uses that server and starts none; "
+            "unset it to serve a local model"
+        )
     try:
         if not settings.llm.model:
             prepare_default_llm(settings.models_path)
@@ -108,6 +114,8 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
                 typer.echo("starting the model server (vLLM; about a minute on a CPU)...", err=True)
                 server.start(settings.llm.startup_timeout_s)
                 started.append(server)
+        elif settings.llm.base_url:
+            typer.echo(f"using the external model server at {settings.llm.base_url} (no launcher)", err=True)
         container = Container(settings)
         if not container.registry.documents("default") and settings.ingest.demo_dir.is_dir():
             typer.echo(f"first start: ingesting demo documents from {settings.ingest.demo_dir}", err=True)

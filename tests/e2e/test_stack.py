@@ -223,6 +223,24 @@ def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
     assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]
 
 
+def test_bench_e2e_drives_the_api_and_vllm_with_the_same_prompts(stack: Stack) -> None:
+    questions = stack.home / "bench-questions.jsonl"
+    questions.write_text("\n".join(json.dumps({"question": q}) for q, _ in QUESTIONS[:3:2]), encoding="utf-8")
+    out = subprocess.run(
+        [KB, "bench", "e2e", "--concurrency", "2", "--requests", "2", "--rounds", "1", "--questions",
+         str(questions), "--json"],
+        env=stack.env, cwd=stack.home, capture_output=True, timeout=400, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    report = json.loads(out.stdout)
+    assert [(r["concurrency"], r["target"]) for r in report["results"]] == [(2, "kb"), (2, "vllm")]
+    for r in report["results"]:
+        assert r["requests"] == 2 and r["errors"] == 0 and r["qps"] > 0
+        assert 0 < r["ttft_p50_ms"] <= r["e2e_p50_ms"]
+    assert [s["concurrency"] for s in report["summary"]] == [2]
+    assert all(s["qps_ratio"] > 0 for s in report["summary"])
+
+
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
     endpoint = json.loads((stack.home / "var" / "run" / "milvus-lite.json").read_text())
     stack.proc.send_signal(signal.SIGINT)

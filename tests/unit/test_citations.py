@@ -37,3 +37,31 @@ def test_citation_pattern_accepts_cited_sentences_and_the_refusal_only() -> None
     zh = re.compile(citation_pattern(2, "知识库中没有找到相关内容。", "zh"))
     assert zh.fullmatch("报销须在30天内提交[1]。")
     assert not zh.fullmatch("报销须在30天内提交[3]。")
+
+
+def test_each_sentence_reports_what_it_cites() -> None:
+    check = check_citations("Leave is 15 days [1][9]. Staff may carry over five days. Ask HR first. [2]", n_sources=2)
+    assert [(s.text, s.citations, s.grounded) for s in check.sentences] == [
+        ("Leave is 15 days [1].", [1], True),
+        ("Staff may carry over five days.", [], False),
+        ("Ask HR first. [2]", [2], True),
+    ]
+    assert check.invalid == [9]
+    assert not check.grounded
+
+
+def test_chinese_sentences_are_checked_one_by_one() -> None:
+    check = check_citations("新员工有十五天年假[1]。病假需要医生证明。", n_sources=1)
+    assert [s.grounded for s in check.sentences] == [True, False]
+
+
+def test_the_chat_ui_flags_sentences_that_cite_nothing() -> None:
+    from ui.chat import format_sources
+
+    check = check_citations("Leave is 15 days [1]. Staff may carry over five days.", n_sources=1)
+    source = {"index": 1, "title": "Leave", "page": 2, "doc_id": "leave.md", "chunk_id": "c1", "snippet": "15 days"}
+    shown = format_sources(
+        {"citations": [source], "sources": [source], "sentences": [s.model_dump() for s in check.sentences]}
+    )
+    assert "Not backed by a cited source" in shown and "Staff may carry over five days." in shown
+    assert "Leave is 15 days" not in shown.split("Cited sources")[0]
