@@ -20,6 +20,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ingest.registry import Base, Registry, _aware, now
+from retrieval.milvus_connect import pid_alive
 
 JobState = Literal["queued", "running", "done", "failed"]
 Stage = Literal["queued", "parsing", "chunking", "embedding", "indexing", "done", "failed"]
@@ -85,16 +86,6 @@ class JobView:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobStore:
@@ -235,7 +226,7 @@ class JobStore:
         with self._registry.session() as session:
             for job in session.scalars(select(JobRow).where(JobRow.state == "running")):
                 worker_host, _, pid = job.worker.rpartition(":")
-                dead = worker_host == host and pid.isdigit() and not _pid_alive(int(pid))
+                dead = worker_host == host and pid.isdigit() and not pid_alive(int(pid))
                 stale = job.heartbeat_at is None or now() - _aware(job.heartbeat_at) > self._stale
                 if dead or stale:
                     items = list(
@@ -281,7 +272,7 @@ class JobStore:
         alive = []
         for row in rows:
             worker_host, _, pid = row.worker.rpartition(":")
-            if worker_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            if worker_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 continue
             if _aware(row.heartbeat_at) >= cutoff:
                 alive.append(row.worker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -73,21 +74,32 @@ def serve_llm() -> None:
             f"KB_LLM__BASE_URL is set ({settings.llm.base_url}): kb uses that server and starts none; "
             "unset it to serve a local model"
         )
+    stop_on_sigterm()
+    server = None
     try:
         if not settings.llm.model:
             prepare_default_llm(settings.models_path)
         server = _llm_server(settings)
         server.start(settings.llm.startup_timeout_s)
-    except (LaunchError, ModelPrepareError) as exc:
-        fail(str(exc))
-    typer.echo(f"vLLM serving {settings.llm.served_model_name} at {server.base_url}", err=True)
-    try:
+        typer.echo(f"vLLM serving {settings.llm.served_model_name} at {server.base_url}", err=True)
         while server.proc is not None and server.proc.poll() is None:
             time.sleep(1)
+    except (LaunchError, ModelPrepareError) as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+
+
+def stop_on_sigterm() -> None:
+    """Let `kill PID` stop kb like Ctrl-C does, so the servers it started are stopped too."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @cli.command()
@@ -99,6 +111,7 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
     from serving.models import ModelPrepareError, prepare_default_llm
 
     settings = load_settings()
+    stop_on_sigterm()  # uvicorn installs its own handler while it serves, and restores this one after
     started: list[Any] = []  # stopped in reverse order on exit
     milvus_proc: subprocess.Popen[bytes] | None = None
     try:
