@@ -19,7 +19,7 @@ from typing import Literal
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from ingest.registry import Base, Registry, _aware, now
+from ingest.registry import Base, Registry, as_utc, now
 from retrieval.milvus_connect import pid_alive
 
 JobState = Literal["queued", "running", "done", "failed"]
@@ -219,23 +219,17 @@ class JobStore:
         with self._registry.session() as session:
             session.execute(update(JobRow).where(JobRow.job_id == job_id).values(heartbeat_at=now()))
 
-    def abandoned(self) -> list[tuple[str, list[JobItemRow]]]:
+    def abandoned(self) -> list[str]:
         """Running jobs whose worker is gone: a dead PID on this host, or no heartbeat for a while."""
-        host = socket.gethostname()
-        out = []
         with self._registry.session() as session:
-            for job in session.scalars(select(JobRow).where(JobRow.state == "running")):
-                worker_host, _, pid = job.worker.rpartition(":")
-                dead = worker_host == host and pid.isdigit() and not pid_alive(int(pid))
-                stale = job.heartbeat_at is None or now() - _aware(job.heartbeat_at) > self._stale
-                if dead or stale:
-                    items = list(
-                        session.scalars(
-                            select(JobItemRow).where(JobItemRow.job_id == job.job_id, JobItemRow.status == "running")
-                        )
-                    )
-                    out.append((job.job_id, items))
-        return out
+            running = session.scalars(select(JobRow).where(JobRow.state == "running")).all()
+        return [job.job_id for job in running if self._gone(job.worker, job.heartbeat_at)]
+
+    def _gone(self, worker: str, heartbeat_at: datetime | None) -> bool:
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            return True
+        return heartbeat_at is None or now() - as_utc(heartbeat_at) > self._stale
 
     def requeue(self, job_id: str) -> None:
         with self._registry.session() as session:
@@ -265,18 +259,9 @@ class JobStore:
 
     def live_workers(self) -> list[str]:
         """Workers that heartbeated recently and, when on this host, whose process still exists."""
-        host = socket.gethostname()
-        cutoff = now() - self._stale
         with self._registry.session() as session:
             rows = session.scalars(select(WorkerRow)).all()
-        alive = []
-        for row in rows:
-            worker_host, _, pid = row.worker.rpartition(":")
-            if worker_host == host and pid.isdigit() and not pid_alive(int(pid)):
-                continue
-            if _aware(row.heartbeat_at) >= cutoff:
-                alive.append(row.worker)
-        return alive
+        return [row.worker for row in rows if not self._gone(row.worker, row.heartbeat_at)]
 
     @staticmethod
     def _finished_totals(session: Session, job_id: str) -> _Totals:

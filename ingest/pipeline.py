@@ -23,6 +23,7 @@ from ingest.errors import LoadError, NoText
 from ingest.filetypes import FileKind
 from ingest.loaders import ParsedDocument, title_of
 from ingest.registry import Registry, VersionRef
+from ingest.sources import expand_sources
 from retrieval.types import Chunk, Embedder
 
 log = logging.getLogger(__name__)
@@ -454,8 +455,6 @@ class IngestPipeline:
         self, paths: Iterable[Path], *, kb: str = "default", acl_groups: Sequence[str] = (), tags: Sequence[str] = ()
     ) -> list[IngestResult]:
         """Ingest synchronously, without a job (demo data at first start, tests of the pipeline itself)."""
-        from ingest.sources import expand_sources
-
         sources = list(expand_sources(paths))
         tasks = [FileTask(path=s.path, doc_id=s.doc_id) for s in sources if s.error is None]
         indexed = iter(self.ingest_many(tasks, kb=kb, acl_groups=acl_groups, tags=tags))

@@ -173,7 +173,7 @@ class Registry:
                     VersionRow.kb == kb, VersionRow.purged.is_(False), VersionRow.status.in_(_RETIRED)
                 )
             ).all()
-        return [VersionRef(d, v) for d, v, retired in rows if retired is None or _aware(retired) <= cutoff]
+        return [VersionRef(d, v) for d, v, retired in rows if retired is None or as_utc(retired) <= cutoff]
 
     def indexing_versions(self, job_id: str) -> list[VersionRef]:
         """Versions a job had started but not finished (its worker died mid-file)."""
@@ -266,7 +266,7 @@ class Registry:
                     row.purged = True
 
 
-def _aware(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite returns naive datetimes even for timezone-aware columns.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

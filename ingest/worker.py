@@ -25,7 +25,9 @@ class JobWorker:
         archive_limits: ArchiveLimits = ArchiveLimits(),
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
+        progress_every_s: float = 0.5,
     ) -> None:
+        self._progress_every = progress_every_s
         self._jobs = jobs
         self._pipeline = pipeline
         self.uploads_dir = uploads_dir
@@ -37,7 +39,7 @@ class JobWorker:
     def recover(self) -> int:
         """Roll back what dead workers left half-done and queue their jobs again."""
         recovered = 0
-        for job_id, _items in self._jobs.abandoned():
+        for job_id in self._jobs.abandoned():
             view = self._jobs.get(job_id)
             assert view is not None
             for ref in self._pipeline.unfinished_versions(job_id):
@@ -63,8 +65,7 @@ class JobWorker:
                     if until_idle:
                         break
                     stop.wait(self._poll)
-                    if self.recover():
-                        continue
+                    self.recover()
                     continue
                 self.run_job(job_id)
                 done += 1
@@ -88,7 +89,15 @@ class JobWorker:
             def started(task: FileTask) -> None:
                 self._jobs.start_item(job_id, task.key, path=str(task.path))
 
+            last_report = [0.0]
+
             def report(_task: FileTask, p: Progress) -> None:
+                # The pipeline reports several times per batch; one database write per interval is plenty
+                # for a progress bar, and each write recounts the job's finished files.
+                moment = time.monotonic()
+                if moment - last_report[0] < self._progress_every:
+                    return
+                last_report[0] = moment
                 self._jobs.progress(
                     job_id, stage=p.stage, pages_done=p.pages_done, pages_total=p.pages_total,
                     chunks_done=p.chunks_done, timings=p.timings,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from app.cli._common import bench_cli, fail, load_settings
-from app.settings import Settings
+from app.cli.eval import scratch_settings
 
 _SHARED_EVAL = Path(__file__).resolve().parents[2].parent / "shared" / "eval"
 _DEFAULT_SETS = [_SHARED_EVAL / "xquad_en" / "docs", _SHARED_EVAL / "docs_formats"]
@@ -45,14 +45,14 @@ def bench_ingest(
 
     @contextmanager
     def build(home: Path) -> Iterator[Container]:
-        fresh = Settings(**{**settings.model_dump(), "home": home, "models_dir": settings.models_path})
-        fresh.milvus.uri = ""  # always a private Milvus Lite, never the user's server
+        # Never the user's Milvus or database: a throw-away KB_HOME with its own Lite and SQLite.
+        fresh = scratch_settings(settings, home)
         # Served by its own process, as under `kb up`, so that Milvus' work does not share our GIL.
         server = start_lite_server(lite_layout(fresh))
         try:
             container = Container(fresh)
             yield container
-            container.store._client.close()
+            container.store.close()
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -21,6 +22,7 @@ docs_cli = typer.Typer(help="Documents in a knowledge base: list, show, history,
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(docs_cli, name="docs")
 
+T = TypeVar("T")
 DocIdArg = Annotated[str, typer.Argument(help="Document id (as `kb docs list` shows it).")]
 
 
@@ -190,6 +192,16 @@ def jobs_work(
 
 
 # -- docs -------------------------------------------------------------------------------------
+def _known_document(call: Callable[[], T]) -> T:
+    """Run a document command; an unknown document id is a one-line error, not a traceback."""
+    from ingest.documents import DocumentNotFound
+
+    try:
+        return call()
+    except DocumentNotFound as exc:
+        fail(str(exc))
+
+
 @docs_cli.command("list")
 def docs_list(kb: KbOpt = "default", deleted: bool = False, as_json: JsonOpt = False) -> None:
     """Documents with their current version, status and ACL groups."""
@@ -204,13 +216,8 @@ def docs_list(kb: KbOpt = "default", deleted: bool = False, as_json: JsonOpt = F
 @docs_cli.command("show")
 def docs_show(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False) -> None:
     """One document and its current version."""
-    from ingest.documents import DocumentNotFound
-
     container = _container(load_settings())
-    try:
-        info = container.documents.show(kb, doc_id)
-    except DocumentNotFound as exc:
-        fail(str(exc))
+    info = _known_document(lambda: container.documents.show(kb, doc_id))
     data = _plain(info)
     cur = info.current
     human = f"{info.doc_id}: {info.title}\n  status {info.status}, version {info.current_version}, source {info.source}"
@@ -222,13 +229,8 @@ def docs_show(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False)
 @docs_cli.command("history")
 def docs_history(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False) -> None:
     """Every version of a document, newest first."""
-    from ingest.documents import DocumentNotFound
-
     container = _container(load_settings())
-    try:
-        versions = container.documents.history(kb, doc_id)
-    except DocumentNotFound as exc:
-        fail(str(exc))
+    versions = _known_document(lambda: container.documents.history(kb, doc_id))
     human = "\n".join(f"v{v.version}  {v.status:11} {v.chunks} chunks  {v.created_at:%Y-%m-%d %H:%M}  {v.sha256[:12]}"
                       + (f"  {v.error}" if v.error else "") for v in versions)  # fmt: skip
     emit([_plain(v) for v in versions], as_json, human)
@@ -237,13 +239,8 @@ def docs_history(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = Fal
 @docs_cli.command("delete")
 def docs_delete(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False) -> None:
     """Remove a document's chunks from the index and mark it deleted (its history stays)."""
-    from ingest.documents import DocumentNotFound
-
     container = _container(load_settings())
-    try:
-        deleted = container.documents.delete(kb, doc_id)
-    except DocumentNotFound as exc:
-        fail(str(exc))
+    deleted = _known_document(lambda: container.documents.delete(kb, doc_id))
     emit(
         {"doc_id": doc_id, "deleted": deleted},
         as_json,

@@ -28,7 +28,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     settings = Settings(home=home, models_dir=home / "models", ingest={"max_file_mb": 1, "purge_grace_s": 0.2})
     c = Container(settings)
     yield c
-    c.store._client.close()
+    c.store.close()
 
 
 def run_job(c: Container, paths: list[Path], kb: str = "bad", **kwargs: object) -> JobView:

@@ -207,4 +207,4 @@ def test_a_job_whose_worker_is_killed_resumes_without_duplicates_or_orphans(shar
         total += current.chunk_count
     assert container.store.count("default") == total
     assert container.registry.hidden_versions("default") == []
-    container.store._client.close()
+    container.store.close()
