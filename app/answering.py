@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from retrieval.condense import Condenser
+from core.protocols import Generator
+from core.types import Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
+from retrieval.condense import Condenser, fallback_query
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
-from retrieval.types import Answer, ChatMessage, Citation, Generator, SearchFilter, SearchMode, Usage
 from serving.citations import check_citations, citation_pattern
 from serving.generator import GeneratorUnavailable
 from serving.prompts import PromptBook, PromptSource
@@ -31,12 +32,6 @@ class Question:
     acl_groups: Sequence[str] | None = None
 
 
-def retrieval_query(question: Question) -> str:
-    """A follow-up leans on the previous user turn ("and for contractors?"), so search with both."""
-    previous = [m.content for m in question.history if m.role == "user"]
-    return f"{previous[-1]}\n{question.text}" if previous else question.text
-
-
 class AnswerService:
     def __init__(
         self, *, query: QueryPipeline, generator: Generator, prompts: PromptBook, top_k: int, citation_guard: bool,
@@ -51,7 +46,7 @@ class AnswerService:
 
     async def retrieve(self, question: Question) -> Retrieval:
         flt = SearchFilter(acl_groups=list(question.acl_groups) if question.acl_groups is not None else None)
-        query, condense_ms = retrieval_query(question), None
+        query, condense_ms = fallback_query(question.text, question.history), None
         if self._condenser is not None and question.history:
             t = time.perf_counter()
             query = (await self._condenser.condense(question.text, question.history)).query

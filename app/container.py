@@ -7,9 +7,6 @@ import logging
 from functools import cached_property
 from pathlib import Path
 
-import jinja2
-
-import serving.prompts
 from app.answering import AnswerService
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
@@ -25,7 +22,7 @@ from retrieval.condense import Condenser
 from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
-from retrieval.pipeline import QueryPipeline, Thresholds
+from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import CrossEncoderReranker, load_reranker
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
@@ -139,7 +136,7 @@ class Container:
             reranker=self.reranker,
             rerank_candidates=self.settings.reranker.candidates,
             rerank_wanted=self.settings.reranker.enabled,
-            thresholds=Thresholds(**r.min_relevance.model_dump()),
+            thresholds=r.min_relevance,
             count_tokens=llm_token_counter(self.settings.llm_model_path),
         )
 
@@ -165,7 +162,7 @@ class Container:
         return AnswerService(
             query=self.query,
             generator=self.generator,
-            prompts=PromptBook(),
+            prompts=self.prompts,
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
             condenser=self.condenser,
@@ -177,15 +174,14 @@ class Container:
         self.embedder.embed(["warm-up"], "passage")
 
     @cached_property
+    def prompts(self) -> PromptBook:
+        return PromptBook()
+
+    @cached_property
     def condenser(self) -> Condenser | None:
         if not self.settings.retrieval.condense:
             return None
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(Path(serving.prompts.__file__).parent)),
-            autoescape=False,  # plain-text prompt
-            undefined=jinja2.StrictUndefined,
-        )
-        return Condenser(self.generator, env.get_template("condense.j2"))
+        return Condenser(self.generator, self.prompts.template("condense.j2"))
 
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""

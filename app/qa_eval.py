@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 
 from app.answering import AnswerService, Question
+from core.types import SearchMode
 from ingest.pipeline import IngestPipeline
 from retrieval.evaluate import QAItem, exact_match, f1_score, percentile
 from retrieval.pipeline import QueryPipeline
-from retrieval.types import SearchMode
 
 
 @dataclass

@@ -6,8 +6,8 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
+from core.types import Answer, ChatMessage, Citation, SearchMode
 from retrieval.pipeline import Retrieval
-from retrieval.types import Answer, ChatMessage, Citation, SearchMode
 
 KB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 

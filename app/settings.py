@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SearchMode = Literal["dense", "bm25", "hybrid"]
+from core.types import RelevanceThresholds, SearchMode
 
 
 class MilvusSettings(BaseModel):
@@ -109,27 +109,6 @@ class IngestSettings(BaseModel):
     job_stale_after_s: float = Field(60.0, ge=5)
     # `kb serve` / `kb up` run a job worker inside the API process.
     worker_in_api: bool = True
-
-
-class RelevanceThresholds(BaseModel):
-    """Minimum relevance of the best hit; below it retrieval returns no sources ("no relevant context")
-    and the answer is a refusal. 0 disables a check. Which one applies depends on what scored the hits:
-    `rerank` (cross-encoder probability, 0-1) when the reranker ran, else `cosine` (best dense cosine
-    similarity) when the embedder understood the query, else `lexical` (share of the query's terms
-    found in the best hit, 0-1; the measure for BM25-only, e.g. Chinese queries with an English-only
-    embedder)."""
-
-    rerank: float = Field(0.0, ge=0.0, le=1.0)
-    # Calibrated for all-MiniLM-L6-v2 with `kb eval refusal` on XQuAD-en vs out-of-domain questions
-    # (docs/BENCHMARKS.md); another embedding model needs its own calibration.
-    cosine: float = Field(0.282, ge=-1.0, le=1.0)
-    # Calibrated on XQuAD-zh vs out-of-domain Chinese questions (docs/BENCHMARKS.md): refuses 2.3% of
-    # answerable and 57% of off-topic ones; lexical overlap alone cannot do better.
-    lexical: float = Field(0.29, ge=0.0, le=1.0)
-    # With `cosine`, a question must also share this many of its content terms with the best hits: an
-    # off-topic question can sit as close as an answerable one in MiniLM's space, but rarely shares its
-    # words too. Both calibrated together by `kb eval refusal` (docs/BENCHMARKS.md).
-    cosine_lexical: float = Field(0.268, ge=0.0, le=1.0)
 
 
 class RetrievalSettings(BaseModel):

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from core.text import join_wide
+
 # Page furniture repeats on every page and drowns the text it sits beside.
 _DROPPED = {"PageBreak", "PageNumber", "Header", "Footer"}
 
@@ -57,16 +59,4 @@ def paragraphs(text: str) -> list[str]:
 
 def _join_lines(lines: list[str]) -> str:
     # Chinese lines join without a space; English ones with one (and a hyphen at a line end is a split word).
-    joined = lines[0]
-    for line in lines[1:]:
-        if joined.endswith("-") and line[:1].islower():
-            joined = joined[:-1] + line
-        elif _is_cjk(joined[-1]) or _is_cjk(line[0]):
-            joined += line
-        else:
-            joined += " " + line
-    return joined
-
-
-def _is_cjk(char: str) -> bool:
-    return "\u3000" <= char <= "\u9fff" or "\uff00" <= char <= "\uffef"
+    return join_wide(lines, hyphenated=True)

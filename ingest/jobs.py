@@ -19,8 +19,8 @@ from typing import Literal
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from core.procs import pid_alive
 from ingest.registry import Base, Registry, as_utc, now
-from retrieval.milvus_connect import pid_alive
 
 JobState = Literal["queued", "running", "done", "failed"]
 Stage = Literal["queued", "parsing", "chunking", "embedding", "indexing", "done", "failed"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.text import join_wide
 from ingest.errors import CorruptFile, LoadError
 
 log = logging.getLogger(__name__)
@@ -98,14 +99,7 @@ class TesseractOCR:
 
 def _join_words(words: list[str]) -> str:
     # chi_sim reports Chinese characters as separate words: no space between them, one between Latin words.
-    out = words[0]
-    for word in words[1:]:
-        out += word if _is_cjk(out[-1]) or _is_cjk(word[0]) else " " + word
-    return out
-
-
-def _is_cjk(char: str) -> bool:
-    return "\u3000" <= char <= "\u9fff" or "\uff00" <= char <= "\uffef"
+    return join_wide(words)
 
 
 def _png(image: Image.Image) -> bytes:

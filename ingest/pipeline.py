@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from core.protocols import Embedder
+from core.types import Chunk
 from ingest.chunking import ChunkSession, StructuredChunker, TextChunk
 from ingest.elements import Element
 from ingest.errors import LoadError, NoText
@@ -24,7 +26,6 @@ from ingest.filetypes import FileKind
 from ingest.loaders import ParsedDocument, title_of
 from ingest.registry import Registry, VersionRef
 from ingest.sources import expand_sources
-from retrieval.types import Chunk, Embedder
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.types import Chunk, SearchFilter
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.evaluate import BeirSet, percentile
 from retrieval.langchain_baseline import LangChainBaseline
 from retrieval.pipeline import QueryPipeline
 from retrieval.store import MilvusStore
-from retrieval.types import Chunk, SearchFilter
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 

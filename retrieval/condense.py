@@ -15,7 +15,8 @@ from typing import Literal
 
 import jinja2
 
-from retrieval.types import ChatMessage, Generator
+from core.protocols import Generator
+from core.types import ChatMessage
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel
 
-from retrieval.types import Citation, ScoredChunk
+from core.types import Citation, ScoredChunk
 
 
 class Source(BaseModel):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.types import TextKind
+from core.types import TextKind
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.text import detect_language
+from core.types import Chunk, SearchMode
 from retrieval.embedder import SentenceTransformerEmbedder
-from retrieval.language import detect_language
 from retrieval.pipeline import QueryPipeline
 from retrieval.store import MilvusStore
-from retrieval.types import Chunk, SearchMode
 
 # -- data sets --------------------------------------------------------------------------------------
 

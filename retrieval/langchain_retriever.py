@@ -16,9 +16,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
+from core.types import SearchFilter, SearchMode
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.pipeline import QueryPipeline
-from retrieval.types import SearchFilter, SearchMode
 
 
 class KbEmbeddings(Embeddings):

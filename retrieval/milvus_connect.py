@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pymilvus import MilvusClient
+
+from core.procs import free_port, pid_alive, port_open
 
 log = logging.getLogger(__name__)
 
@@ -37,30 +37,6 @@ class LiteLayout:
     @property
     def endpoint_file(self) -> Path:
         return self.run_dir / ENDPOINT_FILE
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def running_lite_uri(layout: LiteLayout) -> str | None:

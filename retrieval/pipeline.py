@@ -8,28 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from core.protocols import Embedder, Reranker, VectorStore
+from core.text import detect_language
+from core.types import RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
 from retrieval.context import Source, assemble_context
-from retrieval.embedder import SentenceTransformerEmbedder
-from retrieval.language import detect_language
 from retrieval.relevance import Relevance, lexical_coverage
-from retrieval.store import MilvusStore
-from retrieval.types import Reranker, ScoredChunk, SearchFilter, SearchMode
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Minimum relevance of the best hit per measure (see RelevanceThresholds in app/settings.py)."""
-
-    rerank: float = 0.0
-    cosine: float = 0.0
-    lexical: float = 0.0
-    # Also required beside `cosine`: the share of the query's terms in the best hits (see settings).
-    cosine_lexical: float = 0.0
-
-    def of(self, kind: str) -> float:
-        return {"rerank": self.rerank, "cosine": self.cosine, "lexical": self.lexical}.get(kind, 0.0)
 
 
 @dataclass
@@ -62,15 +47,15 @@ class QueryPipeline:
     def __init__(
         self,
         *,
-        embedder: SentenceTransformerEmbedder,
-        store: MilvusStore,
+        embedder: Embedder,
+        store: VectorStore,
         default_mode: SearchMode = "hybrid",
         candidates: int = 30,
         context_tokens: int = 1200,
         reranker: Reranker | None = None,
         rerank_candidates: int = 30,
         rerank_wanted: bool = False,
-        thresholds: Thresholds | None = None,
+        thresholds: RelevanceThresholds | None = None,
         count_tokens: Callable[[str], int] | None = None,
         hidden_versions: Callable[[str], Sequence[tuple[str, int]]] | None = None,
     ) -> None:
@@ -85,7 +70,7 @@ class QueryPipeline:
         self._rerank_candidates = rerank_candidates
         # Settings asked for reranking but no model could be loaded: every answer says so.
         self._rerank_missing = rerank_wanted and reranker is None
-        self._thresholds = thresholds or Thresholds()
+        self._thresholds = thresholds or RelevanceThresholds.off()
         # The budget is in the generator's tokens; the embedder's tokenizer undercounts Chinese for
         # most LLMs (one [UNK] per character against two or three byte-level tokens).
         self._count_tokens = count_tokens or embedder.count_tokens

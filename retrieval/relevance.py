@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from retrieval.store import english_stop_words
+from core.text import english_stop_words, has_han
 
 RelevanceKind = Literal["rerank", "cosine", "lexical", "none"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Chinese function words that carry no topic; jieba returns them as their own tokens.
 _ZH_STOP = frozenset(
     [
@@ -85,7 +84,7 @@ def terms(text: str) -> set[str]:
     out: set[str] = set()
     stop = set(english_stop_words())
     for word in _WORD.findall(text.lower()):
-        if _CJK.search(word):
+        if has_han(word):
             out.update(t for t in jieba.lcut(word) if t.strip() and t not in _ZH_STOP)
         elif word not in stop:
             out.add(word)
@@ -106,6 +105,6 @@ def lexical_coverage(query: str, texts: Sequence[str]) -> float | None:
     for text in texts:
         lowered = text.lower()
         words = terms(text)
-        found = sum(1 for t in wanted if (t in lowered if _CJK.search(t) else t in words))
+        found = sum(1 for t in wanted if (t in lowered if has_han(t) else t in words))
         best = max(best, found / len(wanted))
     return best

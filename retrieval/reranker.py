@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from core.types import ScoredChunk
 from retrieval.embedder import pick_device, resolve_model_location
-from retrieval.types import ScoredChunk
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
 
-from retrieval.types import Chunk, ScoredChunk, SearchFilter, SearchMode
+from core.text import english_stop_words
+from core.types import Chunk, ScoredChunk, SearchFilter, SearchMode
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,6 @@ class SearchCall:
 
 class StoreError(RuntimeError):
     pass
-
-
-@cache
-def english_stop_words() -> tuple[str, ...]:
-    path = Path(__file__).with_name("stopwords_en.txt")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return tuple(w for w in (line.strip() for line in lines) if w and not w.startswith("#"))
 
 
 def analyzer_params(tokenizer: str, *, stop_words: bool) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from retrieval.types import SentenceGrounding
+from core.types import SentenceGrounding
 
 # [1], [1, 2], [1][2], 【1】, [1，2]: the forms models write in English and Chinese answers.
 _MARKER = re.compile(r"[\[【]\s*(\d{1,3}(?:\s*[,，、]\s*\d{1,3})*)\s*[\]】]")

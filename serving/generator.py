@@ -17,7 +17,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from retrieval.types import ChatMessage, GenerationDelta, GenerationResult, Usage
+from core.types import ChatMessage, GenerationDelta, GenerationResult, Usage
 
 log = logging.getLogger(__name__)
 

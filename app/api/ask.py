@@ -12,7 +12,7 @@ from app.answering import Question
 from app.deps import ContainerDep
 from app.schemas import AskRequest
 from app.security import CallerGroups
-from retrieval.types import Answer
+from core.types import Answer
 
 router = APIRouter(tags=["ask"])
 

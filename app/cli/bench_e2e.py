@@ -21,7 +21,7 @@ import httpx
 import typer
 
 from app.cli._common import JsonOpt, KbOpt, bench_cli, emit, fail, load_settings
-from retrieval.types import ChatMessage
+from core.types import ChatMessage
 
 DEFAULT_EVAL = Path(__file__).resolve().parents[2].parent / "shared" / "eval"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jinja2
 
-from retrieval.types import ChatMessage
+from core.types import ChatMessage
 
 LANGUAGES = ("en", "zh")
 
@@ -29,6 +29,10 @@ class PromptBook:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
         )
+
+    def template(self, name: str) -> jinja2.Template:
+        """A template by file name (e.g. condense.j2), from the one environment all prompts share."""
+        return self._env.get_template(name)
 
     def _lang(self, language: str) -> str:
         return language if language in LANGUAGES else "en"

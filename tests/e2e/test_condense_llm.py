@@ -9,9 +9,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from core.procs import free_port
+from core.types import ChatMessage
 from retrieval.condense import Condenser
-from retrieval.milvus_connect import free_port
-from retrieval.types import ChatMessage
 from serving import prompts
 from serving.generator import OpenAIGenerator
 from serving.launcher import LLMServer, LLMServerConfig

@@ -30,8 +30,8 @@ from starlette.routing import Route
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings
-from retrieval.milvus_connect import free_port
-from retrieval.types import ChatMessage
+from core.procs import free_port
+from core.types import ChatMessage
 from serving.generator import OpenAIGenerator
 from serving.launcher import LLMServer, LLMServerConfig
 from serving.prompts import PromptBook

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retrieval.milvus_connect import free_port, pid_alive, port_open
+from core.procs import free_port, pid_alive, port_open
 from tests.conftest import DATA, ROOT
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from app.container import Container
 from app.main import create_app
 from app.security import key_digest
 from app.settings import Settings
+from core.types import Chunk, SearchFilter
 from retrieval.langchain_retriever import KbRetriever
-from retrieval.types import Chunk, SearchFilter
 
 pytestmark = pytest.mark.integration
 

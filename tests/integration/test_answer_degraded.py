@@ -8,7 +8,7 @@ import pytest
 
 from app.answering import AnswerService, Question
 from app.container import Container
-from retrieval.milvus_connect import free_port
+from core.procs import free_port
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
 

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from core.types import ChatMessage
 from retrieval.condense import Condenser
-from retrieval.types import ChatMessage
 from serving import prompts
 from serving.generator import OpenAIGenerator
 from tests.integration.conftest import write

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.container import Container
-from retrieval.types import Chunk, SearchFilter
+from core.types import Chunk, SearchFilter
 from tests.conftest import DATA
 from tests.integration.conftest import write
 

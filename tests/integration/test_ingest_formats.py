@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from app.container import Container
+from core.types import Chunk
 from ingest.pipeline import IngestResult
-from retrieval.types import Chunk
 from tests.conftest import SHARED_EVAL
 from tests.integration import docgen
 

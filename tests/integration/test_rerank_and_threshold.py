@@ -10,10 +10,10 @@ import pytest
 
 from app.container import Container
 from app.settings import Settings
+from core.types import Chunk, RelevanceThresholds
 from retrieval.embedder import resolve_model_location
-from retrieval.pipeline import QueryPipeline, Thresholds
+from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import CrossEncoderReranker, load_reranker
-from retrieval.types import Chunk
 
 pytestmark = pytest.mark.integration
 
@@ -83,17 +83,21 @@ def test_missing_reranker_is_reported_not_pretended(kb: Container, tmp_path: Pat
 
 
 def test_cosine_threshold_turns_weak_hits_into_no_relevant_context(kb: Container) -> None:
-    relevant = _pipeline(kb, thresholds=Thresholds(cosine=0.3)).search("How many days of annual leave?", top_k=3)
+    relevant = _pipeline(kb, thresholds=RelevanceThresholds.off(cosine=0.3)).search(
+        "How many days of annual leave?", top_k=3
+    )
     assert relevant.relevance.kind == "cosine" and relevant.relevance.value is not None
     assert relevant.relevance.value > 0.3 and relevant.sources and not relevant.no_relevant_context
-    off_topic = _pipeline(kb, thresholds=Thresholds(cosine=0.3)).search("photosynthesis in tropical algae", top_k=3)
+    off_topic = _pipeline(kb, thresholds=RelevanceThresholds.off(cosine=0.3)).search(
+        "photosynthesis in tropical algae", top_k=3
+    )
     assert off_topic.hits, "search still finds something"
     assert off_topic.relevance.value is not None and off_topic.relevance.value < 0.3
     assert off_topic.no_relevant_context and off_topic.sources == []
 
 
 def test_bm25_only_chinese_queries_use_lexical_coverage(kb: Container) -> None:
-    pipeline = _pipeline(kb, thresholds=Thresholds(lexical=0.5))
+    pipeline = _pipeline(kb, thresholds=RelevanceThresholds.off(lexical=0.5))
     hit = pipeline.search("报销单要在多少天内提交？", top_k=3)
     assert hit.mode == "bm25" and hit.relevance.kind == "lexical"
     assert hit.relevance.value is not None and hit.relevance.value >= 0.5 and hit.sources

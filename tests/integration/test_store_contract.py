@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pymilvus import MilvusClient
 
+from core.types import Chunk, SearchFilter, SearchMode
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, start_lite_server
 from retrieval.store import MilvusStore, StoreError
-from retrieval.types import Chunk, SearchFilter, SearchMode
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.container import Container, lite_layout
 from app.settings import Settings
+from core.types import SearchFilter
 from ingest.documents import DocumentNotFound
 from retrieval.milvus_connect import start_lite_server
-from retrieval.types import SearchFilter
 from tests.conftest import ROOT
 from tests.integration import docgen
 from tests.integration.conftest import write

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from app.answering import _Turn
+from core.types import Chunk, ScoredChunk, Usage
 from retrieval.context import Source
 from retrieval.pipeline import Retrieval
-from retrieval.types import Chunk, ScoredChunk, Usage
 
 
 def source(index: int, doc: str, page: int, text: str) -> Source:

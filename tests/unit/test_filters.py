@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.types import SearchFilter
 from retrieval.store import build_filter, literal
-from retrieval.types import SearchFilter
 
 
 def test_typed_values_become_quoted_literals() -> None:

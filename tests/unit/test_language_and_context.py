@@ -1,8 +1,8 @@
 from __future__ import annotations
 
+from core.text import detect_language
+from core.types import Chunk, ScoredChunk
 from retrieval.context import assemble_context
-from retrieval.language import detect_language
-from retrieval.types import Chunk, ScoredChunk
 
 
 def test_detect_language() -> None:

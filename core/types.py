@@ -1,10 +1,9 @@
-"""Contracts between kb's stages: the data that flows and the Protocols each stage implements."""
+"""The data that flows between kb's stages; every package may import it (see docs/architecture.md)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -101,44 +100,6 @@ class ChatMessage(BaseModel):
     content: str
 
 
-@runtime_checkable
-class Embedder(Protocol):
-    @property
-    def dimension(self) -> int: ...
-
-    @property
-    def languages(self) -> frozenset[str]:
-        """ISO codes of the languages the model embeds meaningfully."""
-        ...
-
-    def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-
-@runtime_checkable
-class VectorStore(Protocol):
-    def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int: ...
-
-    def search(
-        self,
-        kb: str,
-        query: str,
-        vector: Sequence[float] | None,
-        *,
-        mode: SearchMode,
-        limit: int,
-        flt: SearchFilter,
-    ) -> list[ScoredChunk]: ...
-
-    def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None: ...
-
-
-@runtime_checkable
-class Reranker(Protocol):
-    def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
-
-
 class GenerationResult(BaseModel):
     text: str
     usage: Usage = Field(default_factory=Usage)
@@ -151,12 +112,31 @@ class GenerationDelta(BaseModel):
     usage: Usage | None = None
 
 
-@runtime_checkable
-class Generator(Protocol):
-    async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
-        """`pattern`: a regex the output must match (constrained decoding), where the server supports it."""
-        ...
+class RelevanceThresholds(BaseModel):
+    """Minimum relevance of the best hit; below it retrieval returns no sources ("no relevant context")
+    and the answer is a refusal. 0 disables a check. Which one applies depends on what scored the hits:
+    `rerank` (cross-encoder probability, 0-1) when the reranker ran, else `cosine` (best dense cosine
+    similarity) when the embedder understood the query, else `lexical` (share of the query's terms
+    found in the best hit, 0-1; the measure for BM25-only, e.g. Chinese queries with an English-only
+    embedder)."""
 
-    def stream(
-        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
-    ) -> AsyncIterator[GenerationDelta]: ...
+    rerank: float = Field(0.0, ge=0.0, le=1.0)
+    # Calibrated for all-MiniLM-L6-v2 with `kb eval refusal` on XQuAD-en vs out-of-domain questions
+    # (docs/BENCHMARKS.md); another embedding model needs its own calibration.
+    cosine: float = Field(0.282, ge=-1.0, le=1.0)
+    # Calibrated on XQuAD-zh vs out-of-domain Chinese questions (docs/BENCHMARKS.md): refuses 2.3% of
+    # answerable and 57% of off-topic ones; lexical overlap alone cannot do better.
+    lexical: float = Field(0.29, ge=0.0, le=1.0)
+    # With `cosine`, a question must also share this many of its content terms with the best hits: an
+    # off-topic question can sit as close as an answerable one in MiniLM's space, but rarely shares its
+    # words too. Both calibrated together by `kb eval refusal` (docs/BENCHMARKS.md).
+    cosine_lexical: float = Field(0.268, ge=0.0, le=1.0)
+
+    @classmethod
+    def off(cls, **on: float) -> RelevanceThresholds:
+        """Every check disabled but those named: what code without settings (tests, tools) starts from."""
+        return cls.model_validate({"rerank": 0.0, "cosine": 0.0, "lexical": 0.0, "cosine_lexical": 0.0, **on})
+
+    def of(self, kind: str) -> float:
+        """The threshold for a relevance measure ("rerank", "cosine", "lexical"); 0 for any other."""
+        return {"rerank": self.rerank, "cosine": self.cosine, "lexical": self.lexical}.get(kind, 0.0)
