@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 
 from anyio import to_thread
 
-from core.protocols import Generator
+from core.protocols import Generator, GeneratorUnavailable
 from core.types import Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
 from retrieval.condense import Condenser, fallback_query
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
 from serving.citations import check_citations, citation_pattern
-from serving.generator import GeneratorUnavailable
 from serving.prompts import PromptBook, PromptSource
 
 log = logging.getLogger(__name__)

@@ -85,8 +85,14 @@ class Reranker(Protocol):
     def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
 
+class GeneratorUnavailable(RuntimeError):
+    """The model server could not be reached, failed, or did not answer in time: callers degrade, not crash."""
+
+
 @runtime_checkable
 class Generator(Protocol):
+    """Chat completions from a model server. Raises GeneratorUnavailable for any server-side failure."""
+
     async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
         """`pattern`: a regex the output must match (constrained decoding), where the server supports it."""
         ...

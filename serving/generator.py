@@ -17,13 +17,10 @@ from tenacity import (
     wait_exponential,
 )
 
+from core.protocols import GeneratorUnavailable
 from core.types import ChatMessage, GenerationDelta, GenerationResult, Usage
 
 log = logging.getLogger(__name__)
-
-
-class GeneratorUnavailable(RuntimeError):
-    """The model server could not be reached or did not answer in time."""
 
 
 def _is_connection_error(exc: BaseException) -> bool:
