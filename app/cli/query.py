@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
+from core.types import SearchMode
 
 
 @cli.command()
@@ -22,10 +23,8 @@ def search(
     from app.container import Container
     from app.schemas import SearchResponse
 
-    if mode not in (None, "dense", "bm25", "hybrid"):
-        fail("--mode must be dense, bm25 or hybrid", 2)
     container = Container(load_settings())
-    r = container.query.search(query, kb=kb, top_k=top_k, mode=mode)  # type: ignore[arg-type]
+    r = container.query.search(query, kb=kb, top_k=top_k, mode=_search_mode(mode))
     response = SearchResponse.from_retrieval(query, r)
     human = "\n\n".join(
         f"{h.rank}. [{h.score:.4f} {h.score_kind}] {h.title} ({h.doc_id}"
@@ -34,6 +33,15 @@ def search(
         for h in response.hits
     )
     emit(response.model_dump(), as_json, human or "no results")
+
+
+def _search_mode(value: str | None) -> SearchMode | None:
+    modes: dict[str, SearchMode] = {"dense": "dense", "bm25": "bm25", "hybrid": "hybrid"}
+    if value is None:
+        return None
+    if value not in modes:
+        fail("--mode must be dense, bm25 or hybrid", 2)
+    return modes[value]
 
 
 @cli.command()

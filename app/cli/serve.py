@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import httpx
 import typer
 
-from app.cli._common import cli, fail, load_settings, log, serve_cli
+from app.cli._common import cli, fail, load_settings, serve_cli
 from app.settings import Settings
 
-
-def _llm_server(settings: Settings) -> Any:
-    from serving.launcher import LLMServer, LLMServerConfig
-
-    return LLMServer(
-        LLMServerConfig(
-            python=settings.llm.python,
-            model=settings.llm_model_path,
-            served_model_name=settings.llm.served_model_name,
-            host=settings.llm.host,
-            port=settings.llm.port,
-            max_model_len=settings.llm.max_model_len,
-            dtype=settings.llm.dtype,
-            kv_cache_bytes=settings.llm.kv_cache_bytes,
-            tensor_parallel_size=settings.llm.tensor_parallel_size,
-            gpu_memory_utilization=settings.llm.gpu_memory_utilization,
-            cache_root=settings.home / "cache" / "vllm",
-            log_path=settings.home / "logs" / "vllm.log",
-            api_key=settings.llm.api_key.get_secret_value(),
-            device=settings.llm.device,
-        )
-    )
+if TYPE_CHECKING:
+    from app.container import Container
 
 
-def _run_api(settings: Settings, container: Any = None) -> None:
+def _run_api(settings: Settings, container: Container | None = None) -> None:
     import uvicorn
 
     from app.main import create_app
@@ -65,8 +44,9 @@ def serve(
 @serve_cli.command("llm")
 def serve_llm() -> None:
     """Start the vLLM model server alone and keep it running until Ctrl-C."""
+    from app.stack import llm_server, prepare_llm
     from serving.launcher import LaunchError
-    from serving.models import ModelPrepareError, prepare_default_llm
+    from serving.models import ModelPrepareError
 
     settings = load_settings()
     if settings.llm.base_url:
@@ -77,9 +57,8 @@ def serve_llm() -> None:
     stop_on_sigterm()
     server = None
     try:
-        if not settings.llm.model:
-            prepare_default_llm(settings.models_path)
-        server = _llm_server(settings)
+        prepare_llm(settings)
+        server = llm_server(settings)
         server.start(settings.llm.startup_timeout_s)
         typer.echo(f"vLLM serving {settings.llm.served_model_name} at {server.base_url}", err=True)
         while server.proc is not None and server.proc.poll() is None:
@@ -105,46 +84,24 @@ def stop_on_sigterm() -> None:
 @cli.command()
 def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.")] = False) -> None:
     """Start the whole embedded stack: Milvus Lite, the model server, the API and the UI."""
-    from app.container import Container, lite_layout
-    from retrieval.milvus_connect import MilvusUnavailable, running_lite_uri, start_lite_server
+    from app.container import Container
+    from app.stack import EmbeddedStack
+    from retrieval.milvus_connect import MilvusUnavailable
     from serving.launcher import LaunchError
-    from serving.models import ModelPrepareError, prepare_default_llm
+    from serving.models import ModelPrepareError
 
     settings = load_settings()
     stop_on_sigterm()  # uvicorn installs its own handler while it serves, and restores this one after
-    started: list[Any] = []  # stopped in reverse order on exit
-    milvus_proc: subprocess.Popen[bytes] | None = None
     try:
-        if not settings.milvus.uri and running_lite_uri(lite_layout(settings)) is None:
-            milvus_proc = start_lite_server(lite_layout(settings), settings.milvus.lite_host, settings.milvus.lite_port)
-        if not skip_llm and not settings.llm.base_url:
-            if not settings.llm.model:
-                prepare_default_llm(settings.models_path)
-            server = _llm_server(settings)
-            if server.is_ready():
-                log.info("a model server already answers at %s; using it", server.base_url)
-            else:
-                typer.echo("starting the model server (vLLM; about a minute on a CPU)...", err=True)
-                server.start(settings.llm.startup_timeout_s)
-                started.append(server)
-        elif settings.llm.base_url:
-            typer.echo(f"using the external model server at {settings.llm.base_url} (no launcher)", err=True)
-        container = Container(settings)
-        if not container.registry.documents("default") and settings.ingest.demo_dir.is_dir():
-            typer.echo(f"first start: ingesting demo documents from {settings.ingest.demo_dir}", err=True)
-            container.ingest.ingest_paths([settings.ingest.demo_dir], kb="default")
-        threading.Thread(target=_announce, args=(settings,), daemon=True).start()
-        _run_api(settings, container)
+        with EmbeddedStack(settings, with_llm=not skip_llm, say=lambda line: typer.echo(line, err=True)) as stack:
+            container = Container(settings)
+            stack.seed_demo(container)
+            threading.Thread(target=_announce, args=(settings,), daemon=True).start()
+            _run_api(settings, container)
     except (LaunchError, ModelPrepareError, MilvusUnavailable) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         pass
-    finally:
-        for server in reversed(started):
-            server.stop()
-        if milvus_proc is not None:
-            milvus_proc.terminate()
-            milvus_proc.wait(timeout=20)
 
 
 def _announce(settings: Settings) -> None:
