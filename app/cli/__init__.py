@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
 import typer
+from rich.markup import escape
 
 from app.cli import (  # noqa: F401  (registers commands)
     config_models,
@@ -96,7 +97,8 @@ def _unavailable(app: typer.Typer, name: str, message: str) -> None:
 
     # Takes any arguments, so that `kb eval retrieval --dataset x` explains too instead of a usage error.
     settings = {"allow_extra_args": True, "ignore_unknown_options": True}
-    app.command(name, help=f"Unavailable: {message}", context_settings=settings)(explain)
+    # Escaped: the help is rendered as Rich markup, which would swallow "[eval]" in "kb[eval]".
+    app.command(name, help=f"Unavailable: {escape(message)}", context_settings=settings)(explain)
 
 
 def main() -> None:

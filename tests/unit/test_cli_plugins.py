@@ -87,6 +87,7 @@ def test_a_broken_plugin_leaves_kb_working_and_names_the_extra(plugins: dict[str
     listing = runner.invoke(app, ["--help"])
     assert listing.exit_code == 0, listing.output
     assert "good" in listing.stdout and "broken" in listing.stdout and "Unavailable" in listing.stdout
+    assert "'kbtest-plugins[extra-deps]'" in listing.stdout
     assert runner.invoke(app, ["search"]).stdout == "kb's own search\n"
     # Any arguments get the explanation, not a usage error or a traceback.
     used = runner.invoke(app, ["broken", "retrieval", "--dataset", "x"])
