@@ -87,6 +87,14 @@ def test_eval_rejects_bad_input(home: Path) -> None:
     assert result.exit_code == 2 and "--qa" in result.output
     result = CliRunner().invoke(bench_cli, ["retrieval", "--dataset", str(home), "--sizes", "0"])
     assert result.exit_code == 2 and "--sizes" in result.stderr
+    # Moved from test_cli.py with the commands: bad values are one-line errors, not tracebacks.
+    questions = write(home / "q.jsonl", json.dumps({"question": "Which mosquitoes carry malaria?"}) + "\n")
+    bad = CliRunner().invoke(bench_cli, ["e2e", "--questions", str(questions), "--concurrency", "1,x"])
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.stderr
+    gone = CliRunner().invoke(bench_cli, ["e2e", "--questions", str(home / "nope.jsonl")])
+    assert gone.exit_code == 2 and "no question file" in gone.stderr
+    missing = CliRunner().invoke(eval_cli, ["refusal", "--qa", str(questions), "--ood", str(home / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no question file" in missing.stderr
 
 
 def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> None:
