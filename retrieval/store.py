@@ -11,7 +11,6 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
@@ -32,16 +31,6 @@ _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "form
 
 Fusion = Literal["weighted", "rrf"]
 ScoreKind = Literal["cosine", "bm25", "rrf", "weighted"]
-
-
-@dataclass(frozen=True)
-class SearchCall:
-    method: Literal["search", "hybrid_search"]
-    kwargs: dict[str, Any]
-    score_kind: ScoreKind
-
-    def run(self, client: MilvusClient) -> Any:
-        return getattr(client, self.method)(**self.kwargs)
 
 
 class StoreError(RuntimeError):
@@ -264,44 +253,39 @@ class MilvusStore:
         if name not in self._ready and not self._client.has_collection(name):
             return []
         self.ensure_collection(kb)
-        call = self.prepare_search(kb, query, vector, mode=mode, limit=limit, flt=flt)
-        return [self._scored(h, call.score_kind) for h in call.run(self._client)[0]]
-
-    def prepare_search(
-        self,
-        kb: str,
-        query: str,
-        vector: Sequence[float] | None,
-        *,
-        mode: SearchMode,
-        limit: int,
-        flt: SearchFilter,
-    ) -> SearchCall:
-        """The exact Milvus call a search makes (`kb bench retrieval` times it alone)."""
-        name = self.collection(kb)
+        if mode in ("dense", "hybrid") and vector is None:
+            raise ValueError(f"mode {mode} needs a query vector")
         expr = build_filter(flt)
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
         sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
-        if mode in ("dense", "hybrid") and vector is None:
-            raise ValueError(f"mode {mode} needs a query vector")
         common = {"collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS}
+        kind: ScoreKind
         if mode == "dense":
             assert vector is not None
-            kwargs = {"data": [list(vector)], "anns_field": "dense", "filter": expr, "search_params": dense_params}
-            return SearchCall("search", {**common, **kwargs}, "cosine")
-        if mode == "bm25":
-            kwargs = {"data": [query], "anns_field": "sparse", "filter": expr, "search_params": sparse_params}
-            return SearchCall("search", {**common, **kwargs}, "bm25")
-        assert vector is not None
-        requests = [
-            AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
-            AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
-        ]
+            kind = "cosine"
+            hits = self._client.search(
+                **common, data=[list(vector)], anns_field="dense", filter=expr, search_params=dense_params
+            )
+        elif mode == "bm25":
+            kind = "bm25"
+            hits = self._client.search(
+                **common, data=[query], anns_field="sparse", filter=expr, search_params=sparse_params
+            )
+        else:
+            assert vector is not None
+            requests = [
+                AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
+                AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
+            ]
+            ranker, kind = self._ranker()
+            hits = self._client.hybrid_search(**common, reqs=requests, ranker=ranker)
+        return [self._scored(h, kind) for h in hits[0]]
+
+    def _ranker(self) -> tuple[RRFRanker | WeightedRanker, ScoreKind]:
         if self._fusion == "rrf":
-            return SearchCall("hybrid_search", {**common, "reqs": requests, "ranker": RRFRanker(self._rrf_k)}, "rrf")
+            return RRFRanker(self._rrf_k), "rrf"
         # norm_score maps each side's scores to 0-1 first, so that cosine and BM25 can be weighed.
-        ranker = WeightedRanker(self._dense_weight, 1.0 - self._dense_weight, norm_score=True)
-        return SearchCall("hybrid_search", {**common, "reqs": requests, "ranker": ranker}, "weighted")
+        return WeightedRanker(self._dense_weight, 1.0 - self._dense_weight, norm_score=True), "weighted"
 
     def best_cosine(self, kb: str, vector: Sequence[float], chunk_ids: Sequence[str]) -> float | None:
         """The highest cosine similarity between the query vector and these chunks' stored vectors.
@@ -340,10 +324,6 @@ class MilvusStore:
             token_count=int(entity["token_count"]),
         )
         return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)
-
-    @property
-    def client(self) -> MilvusClient:
-        return self._client
 
     def close(self) -> None:
         self._client.close()

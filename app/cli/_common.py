@@ -18,13 +18,9 @@ cli = typer.Typer(name="kb", help="kb: a RAG knowledge base.", no_args_is_help=T
 config_cli = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 models_cli = typer.Typer(help="Prepare local models.", no_args_is_help=True)
 serve_cli = typer.Typer(help="Start the API (`kb serve`) or the model server (`kb serve llm`).")
-bench_cli = typer.Typer(help="Measure speed and memory; results go to docs/BENCHMARKS.md.", no_args_is_help=True)
-eval_cli = typer.Typer(help="Measure retrieval and answer quality on evaluation sets.", no_args_is_help=True)
 cli.add_typer(config_cli, name="config")
 cli.add_typer(models_cli, name="models")
 cli.add_typer(serve_cli, name="serve")
-cli.add_typer(bench_cli, name="bench")
-cli.add_typer(eval_cli, name="eval")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 KbOpt = Annotated[str, typer.Option("--kb", help="Knowledge base name.")]

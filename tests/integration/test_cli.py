@@ -60,10 +60,3 @@ def test_serve_llm_starts_nothing_when_an_external_endpoint_is_configured(
     assert result.exit_code == 1
     assert "KB_LLM__BASE_URL is set" in result.output and "starts none" in result.output
     assert not (home / "var" / "logs" / "vllm.log").exists()
-
-
-def test_bad_bench_and_eval_arguments_are_clear_errors(home: Path) -> None:
-    bad = CliRunner().invoke(cli, ["bench", "e2e", "--concurrency", "1,x"])
-    assert bad.exit_code == 2 and "comma-separated integers" in bad.output
-    missing = CliRunner().invoke(cli, ["eval", "refusal", "--ood", str(home / "nope.jsonl")])
-    assert missing.exit_code == 1 and "no question file" in missing.output

@@ -1,5 +1,6 @@
-"""`kb eval retrieval`, `kb eval qa` and `kb bench retrieval` in-process on tiny data sets (real MiniLM,
-Milvus Lite, langchain-milvus); the full sets belong to the commands, not to tests."""
+"""`kb eval retrieval|qa|refusal` and `kb bench retrieval|ingest` in-process on tiny data sets (real MiniLM,
+Milvus Lite, langchain-milvus); the full sets belong to the commands, not to tests. The commands are the
+`evaluation.cli` apps that `kb` loads as plugins (tests/unit/test_cli_plugins.py covers the loading)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import jinja2
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
 from core.types import ChatMessage
+from evaluation.cli import bench_cli, eval_cli
 from retrieval.condense import Condenser
 from serving import prompts
 from serving.generator import OpenAIGenerator
@@ -56,23 +57,12 @@ def _beir(folder: Path) -> Path:
 
 def test_eval_retrieval_reports_every_mode(home: Path) -> None:
     data = _beir(home / "beir")
-    out = home / "out.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            "retrieval",
-            "--dataset",
-            str(data),
-            "--modes",
-            "bm25,dense,hybrid,rerank,langchain",
-            "--json",
-            str(out),
-        ],
-    )
+    args = ["retrieval", "--dataset", str(data), "--modes", "bm25,dense,hybrid,rerank,langchain", "--json"]
+    result = CliRunner().invoke(eval_cli, args)
     assert result.exit_code == 0, result.output
-    assert "nDCG@10" in result.stdout and "langchain (baseline)" in result.stdout
-    report = json.loads(out.read_text())
+    report = json.loads(result.stdout)  # --json: stdout is one JSON document, progress went to stderr
+    assert "indexing into Milvus" in result.stderr
+    assert report["dataset"] == "beir" and report["settings"]["embedding_model"]
     modes = {m["mode"]: m for m in report["modes"]}
     assert set(modes) == {"bm25", "dense", "hybrid", "rerank", "langchain (baseline)"}
     assert modes["rerank"]["skipped"]  # no reranker weights offline: reported, not pretended
@@ -82,12 +72,29 @@ def test_eval_retrieval_reports_every_mode(home: Path) -> None:
 
 
 def test_eval_rejects_bad_input(home: Path) -> None:
-    result = CliRunner().invoke(cli, ["eval", "retrieval", "--dataset", str(home / "missing")])
-    assert result.exit_code == 2 and "not a BEIR data set" in result.output
-    result = CliRunner().invoke(cli, ["eval", "retrieval", "--dataset", str(home), "--modes", "magic"])
-    assert result.exit_code == 2 and "--modes" in result.output
-    result = CliRunner().invoke(cli, ["eval", "qa", "--dataset", str(home)])
-    assert result.exit_code == 2 and "not a QA data set" in result.output
+    result = CliRunner().invoke(eval_cli, ["retrieval", "--dataset", str(home / "missing")])
+    assert result.exit_code == 2 and "not a BEIR data set" in result.stderr
+    result = CliRunner().invoke(eval_cli, ["retrieval", "--dataset", str(home), "--modes", "magic"])
+    assert result.exit_code == 2 and "--modes" in result.stderr
+    result = CliRunner().invoke(eval_cli, ["qa", "--dataset", str(home)])
+    assert result.exit_code == 2 and "not a QA data set" in result.stderr
+    result = CliRunner().invoke(eval_cli, ["qa", "--dataset", str(home), "--compare", "rerank"])
+    assert result.exit_code == 2 and "--compare" in result.stderr
+    # No default data set: the ones outside the repository are for the documented commands only.
+    result = CliRunner().invoke(bench_cli, ["ingest"])
+    assert result.exit_code == 2 and "--dataset" in result.output
+    result = CliRunner().invoke(eval_cli, ["refusal"])
+    assert result.exit_code == 2 and "--qa" in result.output
+    result = CliRunner().invoke(bench_cli, ["retrieval", "--dataset", str(home), "--sizes", "0"])
+    assert result.exit_code == 2 and "--sizes" in result.stderr
+    # Moved from test_cli.py with the commands: bad values are one-line errors, not tracebacks.
+    questions = write(home / "q.jsonl", json.dumps({"question": "Which mosquitoes carry malaria?"}) + "\n")
+    bad = CliRunner().invoke(bench_cli, ["e2e", "--questions", str(questions), "--concurrency", "1,x"])
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.stderr
+    gone = CliRunner().invoke(bench_cli, ["e2e", "--questions", str(home / "nope.jsonl")])
+    assert gone.exit_code == 2 and "no question file" in gone.stderr
+    missing = CliRunner().invoke(eval_cli, ["refusal", "--qa", str(questions), "--ood", str(home / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no question file" in missing.stderr
 
 
 def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> None:
@@ -101,10 +108,11 @@ def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> N
         {"id": "3", "question": "疟疾由什么传播？", "answers": ["按蚊"], "doc": "Zh.md"},
     ]
     write(folder / "qa.jsonl", "".join(json.dumps({**q, "answerable": True}, ensure_ascii=False) + "\n" for q in qa))
-    out = home / "qa.json"
-    args = ["eval", "qa", "--dataset", str(folder), "--json", str(out), "--compare", "bm25,hybrid"]
-    result = CliRunner().invoke(cli, args)
+    out = home / "reports" / "qa.json"
+    args = ["qa", "--dataset", str(folder), "--output", str(out), "--compare", "bm25,hybrid"]
+    result = CliRunner().invoke(eval_cli, args)
     assert result.exit_code == 0, result.output
+    assert "document hit@1       1.0000" in result.stdout  # without --json, the human table
     report = json.loads(out.read_text())
     assert report["hit_at_1"] == pytest.approx(1.0) and report["hit_at_5"] == pytest.approx(1.0)
     assert report["modes"] == {"hybrid": 2, "bm25": 1}  # the Chinese question is answered by BM25 alone
@@ -117,13 +125,69 @@ def test_bench_retrieval_writes_its_table(home: Path) -> None:
     data = _beir(home / "beir")
     md = home / "BENCH.md"
     md.write_text("# Benchmarks\n\nkept\n")
-    args = ["bench", "retrieval", "--dataset", str(data), "--sizes", "6,12", "--queries", "3", "--markdown", str(md)]
-    result = CliRunner().invoke(cli, args)
+    args = ["retrieval", "--dataset", str(data), "--sizes", "6,12", "--queries", "3", "--markdown", str(md), "--json"]
+    result = CliRunner().invoke(bench_cli, args)
     assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["chunks"] for s in report["sizes"]] == [6, 12]
+    for size in report["sizes"]:
+        # Three ways of answering the same queries, all timed; kb against its bare calls is the ratio.
+        assert size["queries"] == 3 and size["kb_p95_ms"] > 0 and size["bare_p95_ms"] > 0
+        assert size["langchain_p95_ms"] > 0 and size["search_p50_ms"] > 0
+        assert size["overhead_p95"] == pytest.approx(size["kb_p95_ms"] / size["bare_p95_ms"])
     text = md.read_text()
-    assert "kept" in text and "| 6 |" in text and "| 12 |" in text and "kb bench retrieval" in text
-    again = CliRunner().invoke(cli, args)  # the section is replaced, not appended
+    assert "kept" in text and "| 6 |" in text and "| 12 |" in text
+    assert f"kb bench retrieval --dataset {data} --sizes 6,12 --queries 3 --markdown {md}" in text
+    again = CliRunner().invoke(bench_cli, args)  # the section is replaced, not appended
     assert again.exit_code == 0 and md.read_text().count("Retrieval latency at scale") == 1
+
+
+def test_eval_refusal_uses_the_packaged_out_of_domain_questions(home: Path) -> None:
+    folder = home / "qa"
+    for name, (title, text) in TOPICS.items():
+        write(folder / "docs" / f"{name}.md", f"# {title}\n\n{text}\n")
+    qa = "".join(json.dumps({"id": q, "question": t, "answerable": True}) + "\n" for q, (t, _) in QUERIES.items())
+    write(folder / "qa.jsonl", qa)
+    args = ["refusal", "--qa", str(folder / "qa.jsonl"), "--kb", "topics", "--json"]
+    result = CliRunner().invoke(eval_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "ingesting" in result.stderr  # the knowledge base was empty: docs/ beside qa.jsonl went in
+    report = json.loads(result.stdout)
+    assert report["ood"] == "evaluation/data/ood_questions_en.jsonl" and report["out_of_domain"] == 70
+    assert report["answerable"] == 3
+    # MiniLM understands English, so every question is judged by the cosine measure.
+    assert list(report["measures"]) == ["cosine"]
+    cosine = report["measures"]["cosine"]
+    assert cosine["questions"] == {"answerable": 3, "out_of_domain": 70}
+    calibrated = cosine["calibrated"]
+    # The budget (5% target minus 1% margin) allows no refusal among 3 questions; policy questions
+    # against six biomedical passages are far enough apart to be refused.
+    assert calibrated["answerable_refused"] == 0.0 and calibrated["ood_refused"] >= 0.9
+    assert len(calibrated["held_out_folds"]) == 2
+    again = CliRunner().invoke(eval_cli, args)
+    assert again.exit_code == 0 and "ingesting" not in again.stderr  # reruns reuse the index
+
+
+def test_bench_ingest_measures_throughput_and_a_fresh_process_peak_memory(home: Path) -> None:
+    folder = home / "docs"
+    for name, (title, text) in TOPICS.items():
+        write(folder / f"{name}.md", f"# {title}\n\n{text}\n")
+    md = home / "BENCH.md"
+    args = ["ingest", "--dataset", str(folder), "--pdf-pages", "3", "--markdown", str(md), "--json"]
+    result = CliRunner().invoke(bench_cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (run,) = report["datasets"]
+    assert run["files"] == 6 and run["failed"] == 0 and run["chunks"] == 6
+    assert run["chunks_per_s"] > 0 and run["raw_embed_chunks_per_s"] > 0
+    memory = report["memory"]
+    assert memory["pages"] == 3 and memory["chunks"] >= 3 and memory["baseline_pages"] == 5
+    # A fresh interpreter with torch and MiniLM loaded: hundreds of MB, but its own, not this test
+    # process's (which holds more models by now) and not zero.
+    assert 150 < memory["peak_rss_mb"] < 4000 and 150 < memory["baseline_peak_rss_mb"] < 4000
+    text = md.read_text()
+    assert f"kb bench ingest --dataset {folder} --pdf-pages 3 --markdown {md}" in text
+    assert f"| {home.name}/docs | 6 (0) |" in text and "Peak RSS of a fresh process" in text
 
 
 def test_condense_falls_back_when_the_model_server_is_down() -> None:

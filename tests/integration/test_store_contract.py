@@ -33,9 +33,7 @@ def embedder() -> SentenceTransformerEmbedder:
 
 
 @pytest.fixture(scope="module", params=["lite-file", "lite-server"])
-def store(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder
-) -> Iterator[MilvusStore]:
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusClient]:
     folder = tmp_path_factory.mktemp(request.param)
     proc = None
     if request.param == "lite-file":
@@ -44,6 +42,15 @@ def store(
         proc = start_lite_server(LiteLayout(data_dir=folder / "milvus.db", run_dir=folder / "run"))
         port = (folder / "run" / "milvus-lite.json").read_text().split('"port": ')[1].split(",")[0]
         client = MilvusClient(uri=f"http://127.0.0.1:{port}")
+    yield client
+    client.close()
+    if proc is not None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def store(client: MilvusClient, embedder: SentenceTransformerEmbedder) -> MilvusStore:
     s = MilvusStore(client, dimension=embedder.dimension)
     chunks = [
         Chunk(chunk_id=Chunk.make_id(d, v, o), doc_id=d, version=v, ordinal=o, text=t, acl_groups=a, tags=g)
@@ -51,11 +58,7 @@ def store(
     ]
     assert s.upsert("contract", chunks, embedder.embed([c.text for c in chunks], "passage")) == len(chunks)
     s.flush("contract")
-    yield s
-    client.close()
-    if proc is not None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    return s
 
 
 def _docs(
@@ -109,11 +112,11 @@ def test_upsert_is_idempotent_and_delete_keeps_the_named_version(
 
 
 def test_bad_names_dimensions_and_missing_collections(
-    store: MilvusStore, embedder: SentenceTransformerEmbedder, tmp_path: Path
+    store: MilvusStore, client: MilvusClient, embedder: SentenceTransformerEmbedder, tmp_path: Path
 ) -> None:
     with pytest.raises(StoreError):
         store.collection("bad-name; drop")
     assert store.search("never_created", "x", None, mode="bm25", limit=5, flt=SearchFilter()) == []
-    other = MilvusStore(store.client, dimension=embedder.dimension + 1)
+    other = MilvusStore(client, dimension=embedder.dimension + 1)
     with pytest.raises(StoreError, match="dimensional"):
         other.ensure_collection("contract")

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from app.security import groups_for, key_digest
 from app.settings import SecuritySettings
-from retrieval.evaluate import exact_match, f1_score, mrr_at, ndcg_at, recall_at
+from evaluation.metrics import exact_match, f1_score, mean, mrr_at, ndcg_at, percentile, recall_at
+from evaluation.reports import to_json
 from retrieval.relevance import lexical_coverage
 
 
@@ -18,6 +20,16 @@ def test_ranking_metrics_by_hand() -> None:
     assert ndcg_at(["a", "b"], rel, 10) == pytest.approx(1.0)
     assert recall_at(ranked, rel, 2) == 0.5 and recall_at(ranked, rel, 4) == 1.0
     assert mrr_at(ranked, rel, 10) == 0.5 and mrr_at(["x"], rel, 10) == 0.0
+
+
+def test_percentile_interpolates_and_has_no_value_for_no_samples() -> None:
+    assert percentile([10.0, 20.0, 30.0, 40.0], 50) == pytest.approx(25.0)
+    assert percentile([10.0, 20.0, 30.0, 40.0], 95) == pytest.approx(38.5)  # linear between 30 and 40
+    assert percentile([7.0], 95) == 7.0
+    # No samples (every request failed) is no latency, not 0 ms; the JSON report says null.
+    assert math.isnan(percentile([], 50))
+    assert json.loads(to_json({"p50_ms": percentile([], 50), "rate": mean([])})) == {"p50_ms": None, "rate": None}
+    assert mean([1.0, 0.0]) == 0.5
 
 
 def test_squad_style_answer_scores_english_and_chinese() -> None:

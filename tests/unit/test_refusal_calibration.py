@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from app.cli.eval_refusal import Cut, Scored, calibrate, refusal_rate
+from evaluation.datasets import majority_language, packaged_ood
+from evaluation.refusal import Cut, QuestionCounts, RefusalReport, Scored, Targets, calibrate, measure, refusal_rate
 
 
 def scored(answerable: bool, value: float | None, lexical: float = 1.0) -> Scored:
@@ -28,3 +29,29 @@ def test_calibration_refuses_most_out_of_domain_within_the_answerable_budget() -
     # Off-topic questions as close as real ones but sharing no terms: only the lexical check catches them.
     assert refusal_rate(ood, both) > refusal_rate(ood, cosine_only)
     assert refusal_rate(answerable, both) <= 0.05
+
+
+def test_measure_fits_the_lexical_variant_for_cosine_only_and_checks_targets() -> None:
+    answerable = [scored(True, v / 100) for v in range(40, 100)]
+    ood = [scored(False, v / 100, lexical=0.0) for v in range(10, 60)]
+    targets = Targets(max_answerable=0.05, min_ood=0.9, margin=0.01)
+    cosine = measure("cosine", answerable, ood, Cut(0.3), targets)
+    assert cosine.questions == QuestionCounts(60, 50)
+    assert cosine.configured.answerable_refused == 0.0 and cosine.configured.ood_refused == 0.4
+    assert cosine.calibrated is not None and cosine.calibrated_with_lexical is not None
+    # Lexical coverage separates the sets completely: every out-of-domain question refused, no answerable one.
+    assert cosine.calibrated_with_lexical.ood_refused == 1.0 and cosine.calibrated_with_lexical.meets_targets
+    assert not cosine.calibrated.meets_targets  # cosine alone overlaps between 0.40 and 0.59
+    assert len(cosine.calibrated.held_out_folds) == 2
+    lexical = measure("lexical", answerable, ood, Cut(0.3), targets)
+    assert lexical.calibrated is not None and lexical.calibrated_with_lexical is None
+    report = RefusalReport("kb", "qa.jsonl", "ood.jsonl", 60, 50, targets, {"cosine": cosine})
+    assert "cosine calibrated_with_lexical" in report.text() and "(misses a target)" in report.text()
+
+
+def test_packaged_out_of_domain_questions_match_the_questions_language() -> None:
+    en, zh = packaged_ood("en"), packaged_ood("zh")
+    assert len(en.questions(answerable=False)) == 70 and len(zh.questions(answerable=False)) == 70
+    assert en.questions(answerable=True) == []  # every shipped question is out of domain
+    assert majority_language(zh.questions(answerable=False)) == "zh"
+    assert majority_language(en.questions(answerable=False)) == "en"

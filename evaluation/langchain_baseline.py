@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from langchain_milvus import Milvus
 
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.langchain_retriever import KbEmbeddings
@@ -16,9 +16,7 @@ from retrieval.langchain_retriever import KbEmbeddings
 
 class LangChainBaseline:
     def __init__(self, embedder: SentenceTransformerEmbedder, db_file: Path, collection: str = "baseline") -> None:
-        from langchain_milvus import Milvus
-
-        self._store: Any = Milvus(
+        self._store = Milvus(
             embedding_function=KbEmbeddings(embedder),
             collection_name=collection,
             connection_args={"uri": str(db_file)},
@@ -41,9 +39,7 @@ class LangChainBaseline:
         self._store.client.flush(self._store.collection_name)
 
     def search(self, query: str, k: int) -> list[str]:
-        return [doc.metadata["doc_id"] for doc in self._store.similarity_search(query, k=k)]
+        return [str(doc.metadata["doc_id"]) for doc in self._store.similarity_search(query, k=k)]
 
     def close(self) -> None:
-        client = getattr(self._store, "client", None)
-        if client is not None:
-            client.close()
+        self._store.client.close()
