@@ -7,11 +7,13 @@ WORKDIR /app
 COPY scripts/constraints.txt scripts/constraints.txt
 RUN pip install --no-cache-dir torch==2.13.0
 COPY pyproject.toml README.md ./
+COPY core core
 COPY app app
 COPY ingest ingest
 COPY retrieval retrieval
 COPY serving serving
 COPY ui ui
+COPY evaluation evaluation
 RUN PIP_CONSTRAINT=scripts/constraints.txt pip install --no-cache-dir . "psycopg[binary]" \
     && pip uninstall -y torchvision || true
 EXPOSE 8000

@@ -45,3 +45,13 @@ def test_kb_environment_names_real_settings(monkeypatch: pytest.MonkeyPatch, tmp
               for name in type(model).model_fields}  # fmt: skip
     fields |= {f"KB_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
+
+
+def test_the_image_copies_every_package_the_distribution_ships() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert packages and packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
