@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -60,7 +61,7 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
         for n in range(2, 5):
             f.write_text(version_text(n))
             assert container.ingest.ingest_file(f, doc_id=doc_id, kb=kb).status == "indexed"
-            container.ingest.purge(kb, grace_s=0)
+            container.versions.purge(kb, grace_s=0)  # at once, while the reader runs
     finally:
         stop.set()
         thread.join()
@@ -72,52 +73,69 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
     assert {c.version for c in container.store.document_chunks(kb, doc_id)} == {4}
 
 
-def test_delete_hides_at_once_and_purges(container: Container, tmp_path: Path) -> None:
+def test_delete_hides_at_once_and_a_worker_purges_when_due(container: Container, tmp_path: Path) -> None:
     kb = "deletes"
     f = write(tmp_path / "gone.md", "# Gone\n\nThe old badge office is in building C.\n")
     container.ingest.ingest_file(f, doc_id="gone.md", kb=kb)
     assert container.query.search("badge office building", kb=kb).hits
     assert container.documents.delete(kb, "gone.md") is True
     assert container.query.search("badge office building", kb=kb).hits == []
-    assert container.store.document_chunks(kb, "gone.md") == []
+    # Hidden, not yet purged: a query that started before the delete may still be reading these chunks.
+    assert container.store.document_chunks(kb, "gone.md")
+    assert container.versions.purge(kb) == 0
     assert container.documents.show(kb, "gone.md").status == "deleted"
     assert container.documents.delete(kb, "gone.md") is False
     with pytest.raises(DocumentNotFound):
         container.documents.delete(kb, "never.md")
+    # A worker with nothing queued stays until the purge is due, does it, and leaves.
+    assert container.worker().run(until_idle=True) == 0
+    assert container.store.document_chunks(kb, "gone.md") == []
+    assert container.registry.hidden_versions(kb) == []
     # Re-adding identical content after a delete indexes it again.
     assert container.ingest.ingest_file(f, doc_id="gone.md", kb=kb).status == "indexed"
 
 
-def test_docs_and_jobs_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+def test_docs_and_jobs_commands(shared_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_HOME", str(shared_home))
     f = write(tmp_path / "faq.md", "# FAQ\n\nLunch is served from noon to two.\n")
     run = CliRunner().invoke
     result = run(cli, ["ingest", "--wait", "--acl", "staff", "--tag", "faq", str(f)])
     assert result.exit_code == 0, result.output
     listed = run(cli, ["docs", "list", "--json"])
-    import json
-
     docs = json.loads(listed.stdout)
     assert [(d["doc_id"], d["acl_groups"], d["tags"]) for d in docs] == [("faq.md", ["staff"], ["faq"])]
     shown = json.loads(run(cli, ["docs", "show", "--json", "faq.md"]).stdout)
     assert shown["current"]["chunks"] >= 1 and shown["current"]["sha256"]
     jobs = json.loads(run(cli, ["jobs", "list", "--json"]).stdout)
+    assert [(j["state"], j["files"], j["failed"]) for j in jobs] == [("done", 1, 0)]
     job = json.loads(run(cli, ["jobs", "show", "--json", jobs[0]["job_id"]]).stdout)
     assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
+    assert job["files"] == {"total": 1, "done": 1, "failed": 0} and job["chunks_done"] >= 1
     assert set(job["timings_ms"]) >= {"parse_ms", "chunk_ms", "embed_ms", "index_ms"}
-    assert run(cli, ["docs", "delete", "faq.md"]).exit_code == 0
+
+    container = Container(Settings(home=shared_home))
+    assert container.store.document_chunks("default", "faq.md")
+    deleted = run(cli, ["docs", "delete", "faq.md"])
+    assert deleted.exit_code == 0 and "purged in 2 s by a background worker" in deleted.output
     history = json.loads(run(cli, ["docs", "history", "--json", "faq.md"]).stdout)
     assert [v["status"] for v in history] == ["deleted"]
+    # No worker was running, so the command started one: it purges the chunks when due, then leaves.
+    deadline = time.monotonic() + 180
+    while container.store.document_chunks("default", "faq.md") or container.jobs.live_workers():
+        assert time.monotonic() < deadline, "the background worker did not purge the deleted document"
+        time.sleep(0.5)
+    assert container.registry.hidden_versions("default") == []
+    assert (shared_home / "logs" / "worker.log").exists()
+
     missing = run(cli, ["docs", "show", "nope.md"])
     assert missing.exit_code == 1 and "no document" in missing.output
     assert run(cli, ["jobs", "show", "0" * 32]).exit_code == 1
+    container.store.close()
 
 
 def test_ingest_without_wait_queues_a_job_that_a_background_worker_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
-
     monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
     f = write(tmp_path / "kitchen.md", "# Kitchen\n\nThe dishwasher runs at six every evening.\n")
     queued = CliRunner().invoke(cli, ["ingest", "--json", str(f)])
