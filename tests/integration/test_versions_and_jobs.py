@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -151,6 +151,41 @@ def test_ingest_without_wait_queues_a_job_that_a_background_worker_runs(
         time.sleep(1)
     assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
     assert (tmp_path / "var" / "logs" / "worker.log").exists()
+
+
+def test_the_api_worker_thread_runs_jobs_and_purges_deleted_documents(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    home = tmp_path / "var"
+    settings = Settings(
+        home=home, models_dir=home / "models", reranker={"enabled": False},  # type: ignore[arg-type]
+        ingest={"purge_grace_s": 0.5}, api={"ui_enabled": False},  # type: ignore[arg-type]
+    )  # fmt: skip
+    container = Container(settings)
+    f = write(tmp_path / "desk.md", "# Desks\n\nHot desks on floor four are booked through the front desk.\n")
+
+    def until(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 120
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    with TestClient(create_app(settings, container)):
+        job_id = container.documents.submit([f], kb="default", uploads_dir=container.uploads_dir)
+
+        def job_finished() -> bool:
+            info = container.documents.job(job_id)
+            return info is not None and info.finished
+
+        until("the API's worker did not run the job", job_finished)
+        info = container.documents.job(job_id)
+        assert info is not None and [d.status for d in info.documents] == ["indexed"]
+        assert container.documents.delete("default", "desk.md") is True
+        until("the API's worker did not purge", lambda: not container.store.document_chunks("default", "desk.md"))
+        assert container.registry.hidden_versions("default") == []
+    container.store.close()
 
 
 @pytest.fixture
