@@ -75,7 +75,7 @@ class IngestPipeline:
         self._reader = FileReader(loader, chunker)
         self._embedder = embedder
         self._store = store
-        self.versions = versions
+        self._versions = versions
         self._batch = batch_size
 
     def run(
@@ -156,7 +156,7 @@ class IngestPipeline:
         except LoadError as exc:
             log.warning("rejected %s: %s", path, exc)
             return IngestResult(path=str(path), doc_id=doc_id, status="failed", error=str(exc), error_code=exc.code)
-        begun = self.versions.begin(kb, doc_id, path, acl_groups=acl_groups, tags=tags, job_id=job_id)
+        begun = self._versions.begin(kb, doc_id, path, acl_groups=acl_groups, tags=tags, job_id=job_id)
         if begun.unchanged:
             return IngestResult(
                 path=str(path), doc_id=doc_id, status="unchanged", version=begun.version, chunks=begun.chunks,
@@ -167,7 +167,7 @@ class IngestPipeline:
     def _publish(self, file: _Indexing) -> FileFinished:
         into = file.into
         try:
-            self.versions.publish(
+            self._versions.publish(
                 into.kb, into.doc_id, into.version, title=file.title, pages=file.pages, chunks=file.written,
                 timings=dict(file.timings),
             )  # fmt: skip
@@ -183,7 +183,7 @@ class IngestPipeline:
     def _rollback(self, file: _Indexing, exc: Exception) -> FileFinished:
         into = file.into
         code = str(getattr(exc, "code", "internal_error"))
-        self.versions.rollback(into.kb, into.doc_id, into.version, error=str(exc), code=code)
+        self._versions.rollback(into.kb, into.doc_id, into.version, error=str(exc), code=code)
         log.warning("failed to ingest %s: %s", file.task.path, exc, exc_info=not isinstance(exc, LoadError))
         result = IngestResult(
             path=str(file.task.path), doc_id=into.doc_id, status="failed", version=into.version, error=str(exc),
@@ -215,7 +215,7 @@ class IngestPipeline:
             for s in sources
         ]
         # Whatever earlier runs retired and is due goes now; this run's retirements wait for their grace.
-        self.versions.purge(kb)
+        self._versions.purge(kb)
         return results
 
     def _results(

@@ -20,6 +20,7 @@ from app.container import Container, lite_layout
 from app.settings import Settings
 from core.types import SearchFilter
 from ingest.documents import DocumentNotFound
+from ingest.events import FileFinished, FileProgress, FileStarted, FileTask
 from retrieval.milvus_connect import start_lite_server
 from tests.conftest import ROOT
 from tests.integration import docgen
@@ -36,6 +37,33 @@ def test_same_version_gives_the_same_chunk_ids(container: Container, tmp_path: P
     ids_a = [c.chunk_id for c in container.store.document_chunks("ids_a", "ids.md")]
     ids_b = [c.chunk_id for c in container.store.document_chunks("ids_b", "ids.md")]
     assert ids_a == ids_b and len(set(ids_a)) == len(ids_a)
+
+
+def test_run_reports_every_file_as_one_stream_of_events(container: Container, tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"room-{i}.md", f"# Room {i}\n\nRoom {i} seats {i + 4} people. " * 20) for i in range(3)]
+    paths.insert(1, write(tmp_path / "blank.md", ""))
+    tasks = [FileTask(path=p, doc_id=p.name, key=10 + i) for i, p in enumerate(paths)]
+    events = list(container.ingest.run(tasks, kb="events"))
+
+    assert [e.task.key for e in events if isinstance(e, FileStarted)] == [10, 11, 12, 13]
+    for task in tasks:
+        own = [e for e in events if e.task is task]
+        assert isinstance(own[0], FileStarted) and isinstance(own[-1], FileFinished)
+        assert sum(isinstance(e, FileFinished) for e in own) == 1, task.doc_id
+        written = [e.progress.chunks_done for e in own if isinstance(e, FileProgress)]
+        assert written == sorted(written), task.doc_id  # progress only moves forward
+    results = {e.task.doc_id: e.result for e in events if isinstance(e, FileFinished)}
+    assert results["blank.md"].status == "failed" and results["blank.md"].error_code == "empty_file"
+    for p in paths[0:1] + paths[2:]:
+        r = results[p.name]
+        assert r.status == "indexed" and r.chunks >= 1, r
+        assert set(r.timings) == {"parse_ms", "chunk_ms", "embed_ms", "index_ms"} and r.timings["embed_ms"] > 0
+        assert len(container.store.document_chunks("events", p.name)) == r.chunks
+    # Small files share one embedding batch: none is written, let alone published, before the last starts.
+    assert sum(r.chunks for r in results.values()) < container.settings.embedding.batch_size
+    last_start = max(i for i, e in enumerate(events) if isinstance(e, FileStarted))
+    published = [i for i, e in enumerate(events) if isinstance(e, FileFinished) and e.result.status == "indexed"]
+    assert min(published) > last_start
 
 
 def test_queries_see_exactly_one_version_while_a_document_is_replaced(container: Container, tmp_path: Path) -> None:
