@@ -17,6 +17,7 @@ from ingest.ocr import TesseractOCR
 from ingest.pipeline import IngestPipeline
 from ingest.registry import Registry
 from ingest.sources import ArchiveLimits
+from ingest.versions import Versions
 from ingest.worker import JobWorker
 from retrieval.condense import Condenser
 from retrieval.context import context_budget, llm_token_counter
@@ -94,10 +95,13 @@ class Container:
             chunker=StructuredChunker(self.embedder.count_tokens, chunk_tokens=chunk_tokens, overlap_tokens=overlap),
             embedder=self.embedder,
             store=self.store,
-            registry=self.registry,
+            versions=self.versions,
             batch_size=self.settings.embedding.batch_size,
-            purge_grace_s=i.purge_grace_s,
         )
+
+    @cached_property
+    def versions(self) -> Versions:
+        return Versions(self.registry, self.store, purge_grace_s=self.settings.ingest.purge_grace_s)
 
     @cached_property
     def jobs(self) -> JobStore:
@@ -105,8 +109,8 @@ class Container:
 
     @cached_property
     def documents(self) -> DocumentService:
-        # Queueing a job needs only the database; models and Milvus are opened when a delete needs them.
-        return DocumentService(registry=self.registry, pipeline=lambda: self.ingest, jobs=self.jobs)
+        # Queueing, following and deleting need only the database; a worker does the rest.
+        return DocumentService(registry=self.registry, jobs=self.jobs)
 
     @property
     def uploads_dir(self) -> Path:
@@ -117,9 +121,7 @@ class Container:
         return ArchiveLimits(max_total_bytes=self.settings.ingest.max_archive_mb * 1024 * 1024)
 
     def worker(self) -> JobWorker:
-        return JobWorker(
-            jobs=self.jobs, pipeline=self.ingest, uploads_dir=self.uploads_dir, archive_limits=self.archive_limits
-        )
+        return JobWorker(jobs=self.jobs, pipeline=self.ingest, versions=self.versions, uploads_dir=self.uploads_dir)
 
     @cached_property
     def query(self) -> QueryPipeline:

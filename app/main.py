@@ -14,6 +14,7 @@ from app.api import ask, health, search
 from app.container import Container
 from app.errors import install_error_handlers
 from app.settings import Settings
+from app.worker import run_worker
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         stop = threading.Event()
         worker: threading.Thread | None = None
         if settings.ingest.worker_in_api:
-            # Jobs queued by `kb ingest` (or the API) are worked here while the server runs.
-            worker = threading.Thread(target=container.worker().run, args=(stop,), name="kb-ingest-worker", daemon=True)
+            # Jobs queued by `kb ingest` (or the API) are worked here while the server runs, and retired
+            # versions purged when due.
+            worker = threading.Thread(target=run_worker, args=(container, stop), name="kb-ingest-worker", daemon=True)
             worker.start()
         log.info("kb API ready")
         yield

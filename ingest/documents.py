@@ -1,16 +1,16 @@
-"""DocumentService: what admins do with documents (submit, list, show, history, delete), for CLI and API."""
+"""DocumentService: what admins do with documents (submit and follow jobs, list, show, history, delete),
+for CLI and API."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ingest.errors import LoadError
+from ingest.job_views import JobInfo, JobSummary
 from ingest.jobs import JobFile, JobStore
-from ingest.pipeline import IngestPipeline
 from ingest.registry import DocumentRow, Registry, VersionRow
 from ingest.sources import ArchiveLimits, expand_sources
 
@@ -71,9 +71,8 @@ class DocumentInfo:
 
 
 class DocumentService:
-    def __init__(self, *, registry: Registry, pipeline: Callable[[], IngestPipeline], jobs: JobStore) -> None:
+    def __init__(self, *, registry: Registry, jobs: JobStore) -> None:
         self._registry = registry
-        self._pipeline = pipeline
         self._jobs = jobs
 
     def submit(
@@ -102,6 +101,13 @@ class DocumentService:
             )  # fmt: skip
         return self._jobs.create(kb, files, acl_groups=list(acl_groups), tags=list(tags), job_id=job_id)
 
+    def job(self, job_id: str) -> JobInfo | None:
+        view = self._jobs.get(job_id)
+        return JobInfo.of(view) if view is not None else None
+
+    def recent_jobs(self, *, limit: int = 20) -> list[JobSummary]:
+        return [JobSummary.of(row) for row in self._jobs.recent(limit=limit)]
+
     def documents(self, kb: str, *, include_deleted: bool = False) -> list[DocumentInfo]:
         return [DocumentInfo.of(row) for row in self._registry.documents(kb, include_deleted=include_deleted)]
 
@@ -118,12 +124,10 @@ class DocumentService:
         return [VersionInfo.of(v) for v in self._registry.versions(kb, doc_id)]
 
     def delete(self, kb: str, doc_id: str) -> bool:
-        """Hide the document from queries now, then remove its chunks. False if it was already deleted."""
+        """Hide the document from queries now; False if it was already deleted.
+
+        Its chunks stay in the store, unseen, until the grace period has passed, and a job worker purges
+        them then (`JobWorker.purge_due`): a query that started before the delete still completes."""
         if self._registry.document(kb, doc_id) is None:
             raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
-        if not self._registry.mark_deleted(kb, doc_id):
-            return False
-        pipeline = self._pipeline()
-        time.sleep(pipeline.purge_grace_s)
-        pipeline.purge(kb)
-        return True
+        return self._registry.mark_deleted(kb, doc_id)

@@ -20,10 +20,11 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.procs import pid_alive
+from ingest.events import Stage
 from ingest.registry import Base, Registry, as_utc, now
 
 JobState = Literal["queued", "running", "done", "failed"]
-Stage = Literal["queued", "parsing", "chunking", "embedding", "indexing", "done", "failed"]
+# A job's `stage` column holds the Stage of the file being worked on, or "queued", "done", "failed".
 ItemStatus = Literal["queued", "running", "indexed", "unchanged", "failed"]
 
 
@@ -171,7 +172,7 @@ class JobStore:
         self, job_id: str, *, stage: Stage, pages_done: int, pages_total: int, chunks_done: int,
         timings: dict[str, float],
     ) -> None:  # fmt: skip
-        """Progress of the current file, added to what the job's finished files already did."""
+        """Progress of the files under way, added to what the job's finished files already did."""
         with self._registry.session() as session:
             job = session.get(JobRow, job_id)
             assert job is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
@@ -91,6 +91,13 @@ class VersionRef:
     version: int
 
 
+@dataclass(frozen=True)
+class RetiredVersion:
+    kb: str
+    ref: VersionRef
+    retired_at: datetime | None
+
+
 _RETIRED = ("replaced", "deleted", "failed", "interrupted")
 
 
@@ -164,16 +171,18 @@ class Registry:
             if version != current or doc_status == "deleted"
         ]
 
-    def purgeable(self, kb: str, *, grace_s: float) -> list[VersionRef]:
-        """Retired versions whose chunks can go: queries that started before the switch have finished."""
-        cutoff = now() - timedelta(seconds=grace_s)
+    def retired(self, kb: str | None = None) -> list[RetiredVersion]:
+        """Retired versions (replaced, deleted, failed) whose chunks may still be in the store, oldest first."""
+        query = select(VersionRow.kb, VersionRow.doc_id, VersionRow.version, VersionRow.retired_at).where(
+            VersionRow.purged.is_(False), VersionRow.status.in_(_RETIRED)
+        )
+        if kb is not None:
+            query = query.where(VersionRow.kb == kb)
         with self._sessions() as session:
-            rows = session.execute(
-                select(VersionRow.doc_id, VersionRow.version, VersionRow.retired_at).where(
-                    VersionRow.kb == kb, VersionRow.purged.is_(False), VersionRow.status.in_(_RETIRED)
-                )
-            ).all()
-        return [VersionRef(d, v) for d, v, retired in rows if retired is None or as_utc(retired) <= cutoff]
+            rows = session.execute(query).all()
+        found = [RetiredVersion(k, VersionRef(d, v), as_utc(r) if r is not None else None) for k, d, v, r in rows]
+        # A version retired before kb recorded the moment is due at once.
+        return sorted(found, key=lambda r: r.retired_at or datetime.min.replace(tzinfo=UTC))
 
     def indexing_versions(self, job_id: str) -> list[VersionRef]:
         """Versions a job had started but not finished (its worker died mid-file)."""
@@ -246,7 +255,7 @@ class Registry:
                 doc.status = "failed"
 
     def mark_deleted(self, kb: str, doc_id: str) -> bool:
-        """Hide a document from readers at once; its chunks are purged after the grace period."""
+        """Hide a document from readers at once; its chunks are purged when the grace period has passed."""
         with self.session() as session:
             doc = session.get(DocumentRow, (kb, doc_id))
             if doc is None or doc.status == "deleted":

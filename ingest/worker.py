@@ -1,4 +1,10 @@
-"""JobWorker: takes queued ingestion jobs from the SQL queue and runs them through the IngestPipeline."""
+"""JobWorker: takes queued ingestion jobs from the SQL queue, runs them through the IngestPipeline, and
+purges retired versions when their grace period has passed.
+
+The worker is the one process that always runs while kb ingests (the API's thread, `kb jobs work`, or the
+background worker `kb ingest` starts), so the purge schedule lives in its loop: every poll deletes what
+is due, and a worker told to stop when idle first waits for what is still to come due.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+from ingest.events import FileFinished, FileProgress, FileStarted, FileTask, Progress
 from ingest.jobs import JobStore, worker_name
-from ingest.pipeline import FileTask, IngestPipeline, IngestResult, Progress
-from ingest.sources import ArchiveLimits
+from ingest.pipeline import IngestPipeline
+from ingest.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +28,19 @@ class JobWorker:
         *,
         jobs: JobStore,
         pipeline: IngestPipeline,
+        versions: Versions,
         uploads_dir: Path,
-        archive_limits: ArchiveLimits = ArchiveLimits(),
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
         progress_every_s: float = 0.5,
     ) -> None:
-        self._progress_every = progress_every_s
         self._jobs = jobs
         self._pipeline = pipeline
+        self._versions = versions
         self.uploads_dir = uploads_dir
-        self.archive_limits = archive_limits
         self._poll = poll_s
         self._beat = heartbeat_s
+        self._progress_every = progress_every_s
         self.name = worker_name()
 
     def recover(self) -> int:
@@ -42,36 +49,47 @@ class JobWorker:
         for job_id in self._jobs.abandoned():
             view = self._jobs.get(job_id)
             assert view is not None
-            for ref in self._pipeline.unfinished_versions(job_id):
-                log.warning("job %s: rolling back %s v%d left by a stopped worker", job_id, ref.doc_id, ref.version)
-                self._pipeline.rollback(
-                    view.job.kb, ref.doc_id, ref.version, error="interrupted: the worker stopped mid-file; retried",
-                    code="interrupted", status="interrupted",
-                )  # fmt: skip
+            refs = self._versions.rollback_job(
+                view.job.kb, job_id, error="interrupted: the worker stopped mid-file; retried"
+            )
+            for ref in refs:
+                log.warning("job %s: rolled back %s v%d left by a stopped worker", job_id, ref.doc_id, ref.version)
             self._jobs.requeue(job_id)
             recovered += 1
         return recovered
 
     def run(self, stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
-        """Work until `stop` is set (or, with `until_idle`, until the queue is empty). Returns jobs run."""
+        """Work until `stop` is set, or with `until_idle` until no job is queued and no purge is pending.
+        Returns the number of jobs run."""
         stop = stop or threading.Event()
         done = 0
         self.recover()
         try:
             while not stop.is_set():
                 self._jobs.worker_beat(self.name)
+                due_in = self.purge_due()
                 job_id = self._jobs.claim(self.name)
-                if job_id is None:
-                    if until_idle:
-                        break
-                    stop.wait(self._poll)
-                    self.recover()
+                if job_id is not None:
+                    self.run_job(job_id)
+                    done += 1
                     continue
-                self.run_job(job_id)
-                done += 1
+                if until_idle and due_in is None:
+                    break
+                # Wake for the next poll, or sooner when a retired version comes due.
+                stop.wait(self._poll if due_in is None else min(self._poll, max(due_in, 0.05)))
+                self.recover()
         finally:
             self._jobs.worker_gone(self.name)
         return done
+
+    def purge_due(self) -> float | None:
+        """Purge what is due in every knowledge base; seconds until the next purge (None: nothing waits)."""
+        try:
+            self._versions.purge()
+            return self._versions.next_purge_in()
+        except Exception:  # a store that is down now is retried at the next poll
+            log.warning("purging retired versions failed", exc_info=True)
+            return None
 
     def run_job(self, job_id: str) -> None:
         view = self._jobs.get(job_id)
@@ -80,43 +98,24 @@ class JobWorker:
         beating = threading.Event()
         beater = threading.Thread(target=self._heartbeat, args=(job_id, beating), daemon=True)
         beater.start()
-        results = []
         try:
             tasks = [
                 FileTask(path=Path(i.path), doc_id=i.doc_id, key=i.ordinal) for i in self._jobs.pending_items(job_id)
             ]
-
-            def started(task: FileTask) -> None:
-                self._jobs.start_item(job_id, task.key, path=str(task.path))
-
-            last_report = [0.0]
-
-            def report(_task: FileTask, p: Progress) -> None:
-                # The pipeline reports several times per batch; one database write per interval is plenty
-                # for a progress bar, and each write recounts the job's finished files.
-                moment = time.monotonic()
-                if moment - last_report[0] < self._progress_every:
-                    return
-                last_report[0] = moment
-                self._jobs.progress(
-                    job_id, stage=p.stage, pages_done=p.pages_done, pages_total=p.pages_total,
-                    chunks_done=p.chunks_done, timings=p.timings,
-                )  # fmt: skip
-
-            def finished(task: FileTask, r: IngestResult) -> None:
-                self._jobs.finish_item(
-                    job_id, task.key, status=r.status, version=r.version, pages=r.pages, chunks=r.chunks,
-                    error=r.error, error_code=r.error_code, timings=r.timings,
-                )  # fmt: skip
-
-            results = self._pipeline.ingest_many(
-                tasks, kb=job.kb, acl_groups=job.acl_groups, tags=job.tags, job_id=job_id,
-                on_start=started, on_progress=report, on_result=finished,
-            )  # fmt: skip
-            indexed = any(r.status == "indexed" for r in results)
-            if indexed:
-                time.sleep(self._pipeline.purge_grace_s)
-                self._pipeline.purge(job.kb)
+            progress = _JobProgress(self._jobs, job_id, every_s=self._progress_every)
+            events = self._pipeline.run(tasks, kb=job.kb, acl_groups=job.acl_groups, tags=job.tags, job_id=job_id)
+            for event in events:
+                if isinstance(event, FileStarted):
+                    self._jobs.start_item(job_id, event.task.key, path=str(event.task.path))
+                elif isinstance(event, FileProgress):
+                    progress.update(event.task, event.progress)
+                elif isinstance(event, FileFinished):
+                    progress.finished(event.task)
+                    r = event.result
+                    self._jobs.finish_item(
+                        job_id, event.task.key, status=r.status, version=r.version, pages=r.pages, chunks=r.chunks,
+                        error=r.error, error_code=r.error_code, timings=r.timings,
+                    )  # fmt: skip
             self._jobs.finish(job_id)
         finally:
             beating.set()
@@ -129,5 +128,38 @@ class JobWorker:
             try:
                 self._jobs.heartbeat(job_id)
                 self._jobs.worker_beat(self.name)
-            except Exception:
+            except Exception:  # a missed beat is retried; the job goes on
                 log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+
+
+class _JobProgress:
+    """The job's progress row from the files under way (consecutive files share batches, so more than one
+    can be), written at most once per interval: the pipeline reports several times per batch, a progress
+    bar needs far fewer, and each write recounts the job's finished files."""
+
+    def __init__(self, jobs: JobStore, job_id: str, *, every_s: float) -> None:
+        self._jobs = jobs
+        self._job_id = job_id
+        self._every = every_s
+        self._last = 0.0
+        self._under_way: dict[int, Progress] = {}
+
+    def update(self, task: FileTask, progress: Progress) -> None:
+        self._under_way[task.key] = progress
+        moment = time.monotonic()
+        if moment - self._last < self._every:
+            return
+        self._last = moment
+        live = self._under_way.values()
+        timings: dict[str, float] = {}
+        for p in live:
+            for key, ms in p.timings.items():
+                timings[key] = timings.get(key, 0.0) + ms
+        self._jobs.progress(
+            self._job_id, stage=progress.stage, pages_done=sum(p.pages_done for p in live),
+            pages_total=sum(p.pages_total for p in live), chunks_done=sum(p.chunks_done for p in live),
+            timings=timings,
+        )  # fmt: skip
+
+    def finished(self, task: FileTask) -> None:
+        self._under_way.pop(task.key, None)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
 from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.container import Container
+    from ingest.documents import DocumentInfo, DocumentService, VersionInfo
+    from ingest.job_views import JobInfo
 
 jobs_cli = typer.Typer(help="Ingestion jobs: progress, errors, and the worker that runs them.", no_args_is_help=True)
 docs_cli = typer.Typer(help="Documents in a knowledge base: list, show, history, delete.", no_args_is_help=True)
@@ -26,16 +28,16 @@ T = TypeVar("T")
 DocIdArg = Annotated[str, typer.Argument(help="Document id (as `kb docs list` shows it).")]
 
 
-def _container(settings: Settings) -> Any:
+def _container(settings: Settings) -> Container:
+    # Imported here, not at the top: it loads the models' libraries, which `kb --help` does not need.
     from app.container import Container
 
     return Container(settings)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    return value
+def _data(view: JobInfo | DocumentInfo | VersionInfo) -> dict[str, object]:
+    """The JSON document of a view: its fields in order, nested views included."""
+    return dataclasses.asdict(view)
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -50,51 +52,44 @@ def ingest(  # noqa: PLR0917 - typer maps parameters to options
     as_json: JsonOpt = False,
 ) -> None:
     """Queue documents for ingestion (parse, chunk, embed, index). Unchanged files are skipped."""
-    from ingest.documents import DocumentService
+    from app.worker import ensure_worker, run_worker, worker_alive
     from ingest.errors import LoadError
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         fail(f"no such file or folder: {', '.join(missing)}")
-    settings = load_settings()
-    container = _container(settings)
-    service: DocumentService = container.documents
+    container = _container(load_settings())
     try:
-        job_id = service.submit(
+        job_id = container.documents.submit(
             paths, kb=kb, uploads_dir=container.uploads_dir, acl_groups=acl or [], tags=tag or [], doc_id=doc_id,
             archive_limits=container.archive_limits,
         )  # fmt: skip
     except LoadError as exc:
         fail(str(exc), 2)
     if not wait:
-        if not container.jobs.live_workers():
-            _spawn_worker(settings)
+        # A detached worker, so that the job completes after this command returns.
+        ensure_worker(container)
         emit(
             {"job_id": job_id, "state": "queued"},
             as_json,
             f"queued job {job_id}\nfollow it with: kb jobs show {job_id}",
         )
         return
-    if not container.jobs.live_workers():
+    runner: threading.Thread | None = None
+    if not worker_alive(container):
         # No worker is running (no `kb up`): this process works the queue while it shows progress.
-        runner = threading.Thread(target=container.worker().run, kwargs={"until_idle": True}, daemon=True)
+        runner = threading.Thread(
+            target=run_worker, args=(container,), kwargs={"until_idle": True}, name="kb-ingest-worker", daemon=True
+        )
         runner.start()
-    view = _follow(container, job_id, show_bar=not as_json)
-    _report(view, as_json)
+    info = _follow(container.documents, job_id, runner, show_bar=not as_json)
+    if runner is not None:
+        # It leaves once the versions this job replaced are purged, at most the grace period from now.
+        runner.join()
+    _report(info, as_json)
 
 
-def _spawn_worker(settings: Settings) -> None:
-    log_dir = settings.home / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "worker.log").open("ab") as log_file:
-        subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "jobs", "work", "--until-idle"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "KB_HOME": str(settings.home)},
-        )  # fmt: skip
-
-
-def _follow(container: Any, job_id: str, *, show_bar: bool) -> Any:
+def _follow(documents: DocumentService, job_id: str, runner: threading.Thread | None, *, show_bar: bool) -> JobInfo:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -102,47 +97,33 @@ def _follow(container: Any, job_id: str, *, show_bar: bool) -> Any:
         files = bar.add_task("files", total=None)
         pages = bar.add_task("pages", total=None)
         while True:
-            view = container.jobs.get(job_id)
-            job = view.job
-            bar.update(files, total=job.files_total, completed=job.files_done,
-                       description=f"{job.stage:9} {Path(job.current_file).name[:40]}")  # fmt: skip
-            bar.update(pages, total=job.pages_total or None, completed=job.pages_done,
-                       description=f"pages     {job.chunks_done} chunks")  # fmt: skip
-            if job.state in ("done", "failed"):
-                return view
+            # Read before the job: a worker that ended after finishing the job is not a failure.
+            runner_gone = runner is not None and not runner.is_alive()
+            info = documents.job(job_id)
+            if info is None:
+                fail(f"job {job_id} disappeared")
+            bar.update(files, total=info.files.total, completed=info.files.done,
+                       description=f"{info.stage:9} {Path(info.current_file).name[:40]}")  # fmt: skip
+            bar.update(pages, total=info.pages.total or None, completed=info.pages.done,
+                       description=f"pages     {info.chunks_done} chunks")  # fmt: skip
+            if info.finished:
+                return info
+            if runner_gone:
+                fail(f"the ingestion worker stopped before job {job_id} finished; see the log above")
             time.sleep(0.5)
 
 
-def _job_data(view: Any) -> dict[str, Any]:
-    job = view.job
-    return {
-        "job_id": job.job_id, "kb": job.kb, "state": job.state, "stage": job.stage, "current_file": job.current_file,
-        "files": {"total": job.files_total, "done": job.files_done, "failed": job.files_failed},
-        "pages": {"total": job.pages_total, "done": job.pages_done}, "chunks_done": job.chunks_done,
-        "timings_ms": {k: round(v, 1) for k, v in (job.timings or {}).items()}, "error": job.error,
-        "attempts": job.attempts, "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "documents": [
-            {"path": i.path, "doc_id": i.doc_id, "status": i.status, "version": i.version, "pages": i.pages,
-             "chunks": i.chunks, "error": i.error, "error_code": i.error_code}
-            for i in view.items
-        ],
-    }  # fmt: skip
-
-
-def _report(view: Any, as_json: bool) -> None:
-    data = _job_data(view)
+def _report(info: JobInfo, as_json: bool) -> None:
     lines = [
-        f"{d['status']:9} {d['doc_id']}  v{d['version']}  {d['chunks']} chunks"
-        + (f"  {d['error']}" if d["error"] else "")
-        for d in data["documents"]
+        f"{d.status:9} {d.doc_id}  v{d.version}  {d.chunks} chunks" + (f"  {d.error}" if d.error else "")
+        for d in info.documents
     ]
     lines.append(
-        f"job {data['job_id']}: {data['state']}, {data['files']['done']} files ({data['files']['failed']} failed), "
-        f"{data['pages']['done']} pages, {data['chunks_done']} chunks"
+        f"job {info.job_id}: {info.state}, {info.files.done} files ({info.files.failed} failed), "
+        f"{info.pages.done} pages, {info.chunks_done} chunks"
     )
-    emit(data, as_json, "\n".join(lines))
-    if data["files"]["failed"]:
+    emit(_data(info), as_json, "\n".join(lines))
+    if info.files.failed:
         raise typer.Exit(1)
 
 
@@ -150,43 +131,40 @@ def _report(view: Any, as_json: bool) -> None:
 @jobs_cli.command("show")
 def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
     """Progress, per-stage timings and per-file errors of one job."""
-    container = _container(load_settings())
-    view = container.jobs.get(job_id)
-    if view is None:
+    info = _container(load_settings()).documents.job(job_id)
+    if info is None:
         fail(f"no job {job_id}")
-    data = _job_data(view)
     lines = [
-        f"job {data['job_id']}  {data['state']} ({data['stage']})  kb={data['kb']}",
-        f"files {data['files']['done']}/{data['files']['total']} ({data['files']['failed']} failed)  "
-        f"pages {data['pages']['done']}/{data['pages']['total']}  chunks {data['chunks_done']}",
-        "timings: " + ", ".join(f"{k} {v:.0f}" for k, v in data["timings_ms"].items()),
+        f"job {info.job_id}  {info.state} ({info.stage})  kb={info.kb}",
+        f"files {info.files.done}/{info.files.total} ({info.files.failed} failed)  "
+        f"pages {info.pages.done}/{info.pages.total}  chunks {info.chunks_done}",
+        "timings: " + ", ".join(f"{k} {v:.0f}" for k, v in info.timings_ms.items()),
     ]
-    lines += [f"  {d['status']:9} {d['doc_id']}" + (f"  [{d['error_code']}] {d['error']}" if d["error"] else "")
-              for d in data["documents"]]  # fmt: skip
-    emit(data, as_json, "\n".join(lines))
+    lines += [f"  {d.status:9} {d.doc_id}" + (f"  [{d.error_code}] {d.error}" if d.error else "")
+              for d in info.documents]  # fmt: skip
+    emit(_data(info), as_json, "\n".join(lines))
 
 
 @jobs_cli.command("list")
 def jobs_list(limit: Annotated[int, typer.Option(min=1, max=1000)] = 20, as_json: JsonOpt = False) -> None:
     """The most recent jobs."""
-    container = _container(load_settings())
-    rows = container.jobs.recent(limit=limit)
-    data = [{"job_id": j.job_id, "kb": j.kb, "state": j.state, "stage": j.stage, "files": j.files_total,
-             "failed": j.files_failed, "created_at": j.created_at} for j in rows]  # fmt: skip
-    human = "\n".join(f"{d['job_id']}  {d['state']:7} {d['files']} files ({d['failed']} failed)  {d['created_at']}"
-                      for d in data)  # fmt: skip
-    emit(data, as_json, human or "no jobs")
+    jobs = _container(load_settings()).documents.recent_jobs(limit=limit)
+    human = "\n".join(f"{j.job_id}  {j.state:7} {j.files} files ({j.failed} failed)  {j.created_at}" for j in jobs)
+    emit([dataclasses.asdict(j) for j in jobs], as_json, human or "no jobs")
 
 
 @jobs_cli.command("work")
 def jobs_work(
-    until_idle: Annotated[bool, typer.Option("--until-idle", help="Exit when the queue is empty.")] = False,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit when no job is queued and no purge is pending.")
+    ] = False,
 ) -> None:
-    """Run an ingestion worker (`kb up` runs one inside the API)."""
-    container = _container(load_settings())
+    """Run an ingestion worker (`kb up` runs one inside the API); it also purges retired versions when due."""
+    from app.worker import run_worker
+
     stop = threading.Event()
     try:
-        container.worker().run(stop, until_idle=until_idle)
+        run_worker(_container(load_settings()), stop, until_idle=until_idle)
     except KeyboardInterrupt:
         stop.set()
 
@@ -207,7 +185,7 @@ def docs_list(kb: KbOpt = "default", deleted: bool = False, as_json: JsonOpt = F
     """Documents with their current version, status and ACL groups."""
     container = _container(load_settings())
     docs = container.documents.documents(kb, include_deleted=deleted)
-    data = [_plain(d) for d in docs]
+    data = [_data(d) for d in docs]
     human = "\n".join(f"{d.status:8} {d.doc_id}  v{d.current_version}  {d.title[:50]}"
                       + (f"  groups={','.join(d.acl_groups)}" if d.acl_groups else "") for d in docs)  # fmt: skip
     emit(data, as_json, human or "no documents")
@@ -218,7 +196,7 @@ def docs_show(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False)
     """One document and its current version."""
     container = _container(load_settings())
     info = _known_document(lambda: container.documents.show(kb, doc_id))
-    data = _plain(info)
+    data = _data(info)
     cur = info.current
     human = f"{info.doc_id}: {info.title}\n  status {info.status}, version {info.current_version}, source {info.source}"
     if cur is not None:
@@ -233,16 +211,22 @@ def docs_history(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = Fal
     versions = _known_document(lambda: container.documents.history(kb, doc_id))
     human = "\n".join(f"v{v.version}  {v.status:11} {v.chunks} chunks  {v.created_at:%Y-%m-%d %H:%M}  {v.sha256[:12]}"
                       + (f"  {v.error}" if v.error else "") for v in versions)  # fmt: skip
-    emit([_plain(v) for v in versions], as_json, human)
+    emit([_data(v) for v in versions], as_json, human)
 
 
 @docs_cli.command("delete")
 def docs_delete(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = False) -> None:
-    """Remove a document's chunks from the index and mark it deleted (its history stays)."""
-    container = _container(load_settings())
+    """Hide a document from queries now and mark it deleted (its history stays); a worker purges its chunks."""
+    from app.worker import ensure_worker
+
+    settings = load_settings()
+    container = _container(settings)
     deleted = _known_document(lambda: container.documents.delete(kb, doc_id))
-    emit(
-        {"doc_id": doc_id, "deleted": deleted},
-        as_json,
-        f"deleted {doc_id}" if deleted else f"{doc_id} was already deleted",
-    )
+    if not deleted:
+        emit({"doc_id": doc_id, "deleted": False}, as_json, f"{doc_id} was already deleted")
+        return
+    # Queries that started before the delete may still read its chunks for the grace period; the worker
+    # (the API's, or one started here in the background) removes them when it has passed.
+    started = ensure_worker(container)
+    when = f"in {settings.ingest.purge_grace_s:g} s by " + ("a background worker" if started else "the running worker")
+    emit({"doc_id": doc_id, "deleted": True}, as_json, f"deleted {doc_id}; its chunks are purged {when}")

@@ -87,8 +87,10 @@ def test_a_folder_of_100_with_5_bad_ingests_95_and_reports_5(small: Container, t
     assert statuses.count("indexed") == 95 and statuses.count("failed") == 5
     assert {i.doc_id for i in view.items if i.status == "failed"} == {f"zz-bad-{i}.md" for i in range(5)}
     assert small.store.count("many") == 95
-    r = small.query.search("Which meeting room has a screen and 13 seats?", kb="many", top_k=5)
-    assert r.hits
+    # Every indexed note is searchable: one named by its number comes first, with its own text.
+    r = small.query.search("How many seats does meeting room 42 have?", kb="many", top_k=5)
+    assert r.hits[0].chunk.doc_id == "note-042.txt", [h.chunk.doc_id for h in r.hits]
+    assert "meeting room 42 has 8 seats" in r.hits[0].chunk.text
 
 
 def test_path_traversal_ids_are_refused() -> None:

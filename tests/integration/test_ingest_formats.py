@@ -11,7 +11,7 @@ import pytest
 
 from app.container import Container
 from core.types import Chunk
-from ingest.pipeline import IngestResult
+from ingest.events import IngestResult
 from tests.conftest import SHARED_EVAL
 from tests.integration import docgen
 

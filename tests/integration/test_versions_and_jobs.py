@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from app.container import Container, lite_layout
 from app.settings import Settings
 from core.types import SearchFilter
 from ingest.documents import DocumentNotFound
+from ingest.events import FileFinished, FileProgress, FileStarted, FileTask
 from retrieval.milvus_connect import start_lite_server
 from tests.conftest import ROOT
 from tests.integration import docgen
@@ -35,6 +37,33 @@ def test_same_version_gives_the_same_chunk_ids(container: Container, tmp_path: P
     ids_a = [c.chunk_id for c in container.store.document_chunks("ids_a", "ids.md")]
     ids_b = [c.chunk_id for c in container.store.document_chunks("ids_b", "ids.md")]
     assert ids_a == ids_b and len(set(ids_a)) == len(ids_a)
+
+
+def test_run_reports_every_file_as_one_stream_of_events(container: Container, tmp_path: Path) -> None:
+    paths = [write(tmp_path / f"room-{i}.md", f"# Room {i}\n\nRoom {i} seats {i + 4} people. " * 20) for i in range(3)]
+    paths.insert(1, write(tmp_path / "blank.md", ""))
+    tasks = [FileTask(path=p, doc_id=p.name, key=10 + i) for i, p in enumerate(paths)]
+    events = list(container.ingest.run(tasks, kb="events"))
+
+    assert [e.task.key for e in events if isinstance(e, FileStarted)] == [10, 11, 12, 13]
+    for task in tasks:
+        own = [e for e in events if e.task is task]
+        assert isinstance(own[0], FileStarted) and isinstance(own[-1], FileFinished)
+        assert sum(isinstance(e, FileFinished) for e in own) == 1, task.doc_id
+        written = [e.progress.chunks_done for e in own if isinstance(e, FileProgress)]
+        assert written == sorted(written), task.doc_id  # progress only moves forward
+    results = {e.task.doc_id: e.result for e in events if isinstance(e, FileFinished)}
+    assert results["blank.md"].status == "failed" and results["blank.md"].error_code == "empty_file"
+    for p in paths[0:1] + paths[2:]:
+        r = results[p.name]
+        assert r.status == "indexed" and r.chunks >= 1, r
+        assert set(r.timings) == {"parse_ms", "chunk_ms", "embed_ms", "index_ms"} and r.timings["embed_ms"] > 0
+        assert len(container.store.document_chunks("events", p.name)) == r.chunks
+    # Small files share one embedding batch: none is written, let alone published, before the last starts.
+    assert sum(r.chunks for r in results.values()) < container.settings.embedding.batch_size
+    last_start = max(i for i, e in enumerate(events) if isinstance(e, FileStarted))
+    published = [i for i, e in enumerate(events) if isinstance(e, FileFinished) and e.result.status == "indexed"]
+    assert min(published) > last_start
 
 
 def test_queries_see_exactly_one_version_while_a_document_is_replaced(container: Container, tmp_path: Path) -> None:
@@ -60,7 +89,7 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
         for n in range(2, 5):
             f.write_text(version_text(n))
             assert container.ingest.ingest_file(f, doc_id=doc_id, kb=kb).status == "indexed"
-            container.ingest.purge(kb, grace_s=0)
+            container.versions.purge(kb, grace_s=0)  # at once, while the reader runs
     finally:
         stop.set()
         thread.join()
@@ -72,52 +101,69 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
     assert {c.version for c in container.store.document_chunks(kb, doc_id)} == {4}
 
 
-def test_delete_hides_at_once_and_purges(container: Container, tmp_path: Path) -> None:
+def test_delete_hides_at_once_and_a_worker_purges_when_due(container: Container, tmp_path: Path) -> None:
     kb = "deletes"
     f = write(tmp_path / "gone.md", "# Gone\n\nThe old badge office is in building C.\n")
     container.ingest.ingest_file(f, doc_id="gone.md", kb=kb)
     assert container.query.search("badge office building", kb=kb).hits
     assert container.documents.delete(kb, "gone.md") is True
     assert container.query.search("badge office building", kb=kb).hits == []
-    assert container.store.document_chunks(kb, "gone.md") == []
+    # Hidden, not yet purged: a query that started before the delete may still be reading these chunks.
+    assert container.store.document_chunks(kb, "gone.md")
+    assert container.versions.purge(kb) == 0
     assert container.documents.show(kb, "gone.md").status == "deleted"
     assert container.documents.delete(kb, "gone.md") is False
     with pytest.raises(DocumentNotFound):
         container.documents.delete(kb, "never.md")
+    # A worker with nothing queued stays until the purge is due, does it, and leaves.
+    assert container.worker().run(until_idle=True) == 0
+    assert container.store.document_chunks(kb, "gone.md") == []
+    assert container.registry.hidden_versions(kb) == []
     # Re-adding identical content after a delete indexes it again.
     assert container.ingest.ingest_file(f, doc_id="gone.md", kb=kb).status == "indexed"
 
 
-def test_docs_and_jobs_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+def test_docs_and_jobs_commands(shared_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_HOME", str(shared_home))
     f = write(tmp_path / "faq.md", "# FAQ\n\nLunch is served from noon to two.\n")
     run = CliRunner().invoke
     result = run(cli, ["ingest", "--wait", "--acl", "staff", "--tag", "faq", str(f)])
     assert result.exit_code == 0, result.output
     listed = run(cli, ["docs", "list", "--json"])
-    import json
-
     docs = json.loads(listed.stdout)
     assert [(d["doc_id"], d["acl_groups"], d["tags"]) for d in docs] == [("faq.md", ["staff"], ["faq"])]
     shown = json.loads(run(cli, ["docs", "show", "--json", "faq.md"]).stdout)
     assert shown["current"]["chunks"] >= 1 and shown["current"]["sha256"]
     jobs = json.loads(run(cli, ["jobs", "list", "--json"]).stdout)
+    assert [(j["state"], j["files"], j["failed"]) for j in jobs] == [("done", 1, 0)]
     job = json.loads(run(cli, ["jobs", "show", "--json", jobs[0]["job_id"]]).stdout)
     assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
+    assert job["files"] == {"total": 1, "done": 1, "failed": 0} and job["chunks_done"] >= 1
     assert set(job["timings_ms"]) >= {"parse_ms", "chunk_ms", "embed_ms", "index_ms"}
-    assert run(cli, ["docs", "delete", "faq.md"]).exit_code == 0
+
+    container = Container(Settings(home=shared_home))
+    assert container.store.document_chunks("default", "faq.md")
+    deleted = run(cli, ["docs", "delete", "faq.md"])
+    assert deleted.exit_code == 0 and "purged in 2 s by a background worker" in deleted.output
     history = json.loads(run(cli, ["docs", "history", "--json", "faq.md"]).stdout)
     assert [v["status"] for v in history] == ["deleted"]
+    # No worker was running, so the command started one: it purges the chunks when due, then leaves.
+    deadline = time.monotonic() + 180
+    while container.store.document_chunks("default", "faq.md") or container.jobs.live_workers():
+        assert time.monotonic() < deadline, "the background worker did not purge the deleted document"
+        time.sleep(0.5)
+    assert container.registry.hidden_versions("default") == []
+    assert (shared_home / "logs" / "worker.log").exists()
+
     missing = run(cli, ["docs", "show", "nope.md"])
     assert missing.exit_code == 1 and "no document" in missing.output
     assert run(cli, ["jobs", "show", "0" * 32]).exit_code == 1
+    container.store.close()
 
 
 def test_ingest_without_wait_queues_a_job_that_a_background_worker_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
-
     monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
     f = write(tmp_path / "kitchen.md", "# Kitchen\n\nThe dishwasher runs at six every evening.\n")
     queued = CliRunner().invoke(cli, ["ingest", "--json", str(f)])
@@ -133,6 +179,41 @@ def test_ingest_without_wait_queues_a_job_that_a_background_worker_runs(
         time.sleep(1)
     assert job["state"] == "done" and job["documents"][0]["status"] == "indexed"
     assert (tmp_path / "var" / "logs" / "worker.log").exists()
+
+
+def test_the_api_worker_thread_runs_jobs_and_purges_deleted_documents(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    home = tmp_path / "var"
+    settings = Settings(
+        home=home, models_dir=home / "models", reranker={"enabled": False},  # type: ignore[arg-type]
+        ingest={"purge_grace_s": 0.5}, api={"ui_enabled": False},  # type: ignore[arg-type]
+    )  # fmt: skip
+    container = Container(settings)
+    f = write(tmp_path / "desk.md", "# Desks\n\nHot desks on floor four are booked through the front desk.\n")
+
+    def until(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 120
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    with TestClient(create_app(settings, container)):
+        job_id = container.documents.submit([f], kb="default", uploads_dir=container.uploads_dir)
+
+        def job_finished() -> bool:
+            info = container.documents.job(job_id)
+            return info is not None and info.finished
+
+        until("the API's worker did not run the job", job_finished)
+        info = container.documents.job(job_id)
+        assert info is not None and [d.status for d in info.documents] == ["indexed"]
+        assert container.documents.delete("default", "desk.md") is True
+        until("the API's worker did not purge", lambda: not container.store.document_chunks("default", "desk.md"))
+        assert container.registry.hidden_versions("default") == []
+    container.store.close()
 
 
 @pytest.fixture

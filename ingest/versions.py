@@ -1,0 +1,129 @@
+"""Version bookkeeping over the registry and the vector store: begin, publish, roll back, purge what is due.
+
+A new version is begun in the registry (hidden from readers), its chunks are written, and `publish`
+switches readers to it in one transaction. The version it replaces (or a deleted document's) is retired
+at that moment and hidden at once; its chunks stay in the store for `purge_grace_s` so that a query that
+started before the switch still finds what it began with, and are deleted by whichever worker next
+purges what is due. Nothing here waits: purging is a schedule, not a sleep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from core.protocols import VectorStore
+from ingest.registry import Registry, RetiredVersion, VersionRef, now
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Begun:
+    """The outcome of `Versions.begin`: a new version to index, or the unchanged current one."""
+
+    version: int
+    # True when the file, its groups and its tags are those of the current version: nothing to index.
+    unchanged: bool = False
+    chunks: int = 0
+    pages: int | None = None
+
+
+class Versions:
+    def __init__(
+        self,
+        registry: Registry,
+        store: VectorStore,
+        *,
+        purge_grace_s: float = 2.0,
+        clock: Callable[[], datetime] = now,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self.purge_grace_s = purge_grace_s
+        self._clock = clock  # a seam for tests of the schedule; the registry stamps with real time
+
+    def begin(
+        self, kb: str, doc_id: str, path: Path, *, acl_groups: Sequence[str], tags: Sequence[str], job_id: str = ""
+    ) -> Begun:
+        """Start a new version of `doc_id` from `path`, unless it would be identical to the current one."""
+        sha = sha256_file(path)
+        current = self._registry.current_version(kb, doc_id)
+        if (
+            current is not None
+            and current.sha256 == sha
+            and list(current.acl_groups) == list(acl_groups)
+            and list(current.tags) == list(tags)
+        ):
+            return Begun(current.version, unchanged=True, chunks=current.chunk_count, pages=current.pages)
+        version = self._registry.begin_version(
+            kb, doc_id, title=path.stem, source=str(path), sha256=sha, size=path.stat().st_size,
+            acl_groups=list(acl_groups), tags=list(tags), job_id=job_id,
+        )  # fmt: skip
+        return Begun(version)
+
+    def publish(
+        self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int,
+        timings: dict[str, float],
+    ) -> None:  # fmt: skip
+        """The atomic switch: readers see `version` from now on; the version it replaces is retired."""
+        self._registry.publish(kb, doc_id, version, title=title, pages=pages, chunks=chunks, timings=timings)
+
+    def rollback(self, kb: str, doc_id: str, version: int, *, error: str, code: str, status: str = "failed") -> None:
+        """Remove whatever part of an unpublished `version` reached the store and record why it failed.
+
+        Readers never saw it, so its chunks go at once rather than after the grace period."""
+        self._registry.fail(kb, doc_id, version, error, code=code, status=status)
+        self._store.delete_version(kb, doc_id, version)
+        self._registry.mark_purged(kb, [VersionRef(doc_id, version)])
+
+    def rollback_job(self, kb: str, job_id: str, *, error: str) -> list[VersionRef]:
+        """Roll back the versions a job had begun and not finished (its worker stopped mid-file)."""
+        refs = self._registry.indexing_versions(job_id)
+        for ref in refs:
+            self.rollback(kb, ref.doc_id, ref.version, error=error, code="interrupted", status="interrupted")
+        return refs
+
+    # -- the purge schedule -------------------------------------------------------------------------
+    def purge(self, kb: str | None = None, *, grace_s: float | None = None) -> int:
+        """Delete the chunks of retired versions whose grace period has passed (in `kb`, or everywhere).
+
+        `grace_s` overrides the configured grace (0: everything retired, e.g. to reclaim space now).
+        Returns how many versions were purged."""
+        due = self._due(self._registry.retired(kb), self.purge_grace_s if grace_s is None else grace_s)
+        by_kb: dict[str, list[VersionRef]] = {}
+        for retired in due:
+            by_kb.setdefault(retired.kb, []).append(retired.ref)
+        for name, refs in by_kb.items():
+            for ref in refs:
+                self._store.delete_version(name, ref.doc_id, ref.version)
+            self._store.flush(name)
+            self._registry.mark_purged(name, refs)
+            log.info("purged %d retired versions from %s", len(refs), name)
+        return len(due)
+
+    def next_purge_in(self, kb: str | None = None) -> float | None:
+        """Seconds until the next retired version is due (0: due now); None when nothing waits."""
+        retired = self._registry.retired(kb)
+        if not retired:
+            return None
+        first = retired[0].retired_at  # oldest first
+        if first is None:
+            return 0.0
+        return max(0.0, (first + timedelta(seconds=self.purge_grace_s) - self._clock()).total_seconds())
+
+    def _due(self, retired: list[RetiredVersion], grace_s: float) -> list[RetiredVersion]:
+        cutoff = self._clock() - timedelta(seconds=grace_s)
+        return [r for r in retired if r.retired_at is None or r.retired_at <= cutoff]

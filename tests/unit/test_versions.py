@@ -1,0 +1,135 @@
+"""Version bookkeeping on a real SQLite registry, with a store that records what it is told to delete:
+the switch, rollbacks, and a purge that is scheduled (due after the grace period), never slept for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.types import Chunk
+from ingest.registry import Registry, VersionRef, now
+from ingest.versions import Versions
+
+
+class Store:
+    def __init__(self) -> None:
+        self.deleted: list[tuple[str, str, int]] = []
+        self.flushed: list[str] = []
+
+    def delete_version(self, kb: str, doc_id: str, version: int) -> None:
+        self.deleted.append((kb, doc_id, version))
+
+    def flush(self, kb: str) -> None:
+        self.flushed.append(kb)
+
+    def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
+        raise AssertionError("version bookkeeping never writes chunks")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return now() + self.offset
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(f"sqlite:///{tmp_path / 'kb.sqlite'}")
+
+
+def new_version(versions: Versions, path: Path, text: str, kb: str = "kb") -> int:
+    path.write_text(text)
+    begun = versions.begin(kb, path.name, path, acl_groups=[], tags=[])
+    assert not begun.unchanged
+    versions.publish(kb, path.name, begun.version, title="t", pages=None, chunks=3, timings={})
+    return begun.version
+
+
+def test_a_replaced_version_is_hidden_at_once_and_purged_only_when_due(registry: Registry, tmp_path: Path) -> None:
+    store, clock = Store(), Clock()
+    versions = Versions(registry, store, purge_grace_s=30, clock=clock)  # type: ignore[arg-type]
+    doc = tmp_path / "a.md"
+    assert new_version(versions, doc, "one") == 1
+    assert versions.next_purge_in() is None  # nothing retired
+    assert new_version(versions, doc, "two") == 2
+    assert registry.hidden_versions("kb") == [VersionRef("a.md", 1)]
+
+    assert versions.purge() == 0 and store.deleted == []
+    wait = versions.next_purge_in()
+    assert wait is not None and 25 < wait <= 30
+
+    clock.offset = timedelta(seconds=31)
+    assert versions.next_purge_in() == 0.0
+    assert versions.purge() == 1
+    assert store.deleted == [("kb", "a.md", 1)] and store.flushed == ["kb"]
+    assert registry.hidden_versions("kb") == [] and versions.next_purge_in() is None
+    assert versions.purge() == 0  # purged once only
+
+
+def test_grace_zero_purges_everything_retired_now(registry: Registry, tmp_path: Path) -> None:
+    store = Store()
+    versions = Versions(registry, store, purge_grace_s=30)  # type: ignore[arg-type]
+    new_version(versions, tmp_path / "a.md", "one")
+    new_version(versions, tmp_path / "a.md", "two")
+    assert versions.purge(grace_s=0) == 1 and store.deleted == [("kb", "a.md", 1)]
+
+
+def test_deleted_documents_are_purged_in_every_knowledge_base(registry: Registry, tmp_path: Path) -> None:
+    store, clock = Store(), Clock()
+    versions = Versions(registry, store, purge_grace_s=5, clock=clock)  # type: ignore[arg-type]
+    new_version(versions, tmp_path / "x.md", "x", kb="hr")
+    new_version(versions, tmp_path / "y.md", "y", kb="it")
+    assert registry.mark_deleted("hr", "x.md") and registry.mark_deleted("it", "y.md")
+    assert registry.hidden_versions("hr") == [VersionRef("x.md", 1)]
+    assert versions.purge() == 0
+    clock.offset = timedelta(seconds=6)
+    assert versions.purge() == 2
+    assert sorted(store.deleted) == [("hr", "x.md", 1), ("it", "y.md", 1)]
+    assert sorted(store.flushed) == ["hr", "it"]
+
+
+def test_rollback_deletes_at_once_and_keeps_the_current_version(registry: Registry, tmp_path: Path) -> None:
+    store = Store()
+    versions = Versions(registry, store, purge_grace_s=60)  # type: ignore[arg-type]
+    doc = tmp_path / "a.md"
+    new_version(versions, doc, "one")
+    doc.write_text("two")
+    begun = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[], job_id="job1")
+    assert registry.hidden_versions("kb") == [VersionRef("a.md", 2)]  # being indexed: hidden
+    versions.rollback("kb", "a.md", begun.version, error="broken", code="corrupt")
+    assert store.deleted == [("kb", "a.md", 2)]
+    assert registry.hidden_versions("kb") == [] and versions.next_purge_in() is None
+    current = registry.current_version("kb", "a.md")
+    assert current is not None and current.version == 1
+    assert [(v.version, v.status, v.error_code) for v in registry.versions("kb", "a.md")] == [
+        (2, "failed", "corrupt"),
+        (1, "ready", ""),
+    ]
+
+
+def test_an_identical_file_is_unchanged_but_new_groups_make_a_version(registry: Registry, tmp_path: Path) -> None:
+    versions = Versions(registry, Store())  # type: ignore[arg-type]
+    doc = tmp_path / "a.md"
+    new_version(versions, doc, "same")
+    again = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[])
+    assert (again.unchanged, again.version, again.chunks) == (True, 1, 3)
+    regrouped = versions.begin("kb", "a.md", doc, acl_groups=["hr"], tags=[])
+    assert (regrouped.unchanged, regrouped.version) == (False, 2)
+
+
+def test_rollback_job_rolls_back_what_a_dead_worker_left(registry: Registry, tmp_path: Path) -> None:
+    store = Store()
+    versions = Versions(registry, store)  # type: ignore[arg-type]
+    for name in ("a.md", "b.md"):
+        (tmp_path / name).write_text(name)
+        versions.begin("kb", name, tmp_path / name, acl_groups=[], tags=[], job_id="job7")
+    refs = versions.rollback_job("kb", "job7", error="interrupted")
+    assert sorted(refs, key=lambda r: r.doc_id) == [VersionRef("a.md", 1), VersionRef("b.md", 1)]
+    assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)]
+    assert {v.status for n in ("a.md", "b.md") for v in registry.versions("kb", n)} == {"interrupted"}
+    assert versions.rollback_job("kb", "job7", error="again") == []
