@@ -247,7 +247,7 @@ class MilvusStore:
         rows = self._client.query(
             name, filter=build_filter(SearchFilter(), doc_id=doc_id), output_fields=_OUTPUT_FIELDS, limit=limit
         )
-        chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine").chunk for row in rows]
+        chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
         return sorted(chunks, key=lambda c: (c.version, c.ordinal))
 
     def search(
@@ -265,7 +265,7 @@ class MilvusStore:
             return []
         self.ensure_collection(kb)
         call = self.prepare_search(kb, query, vector, mode=mode, limit=limit, flt=flt)
-        return [self._scored(h, call.score_kind) for h in call.run(self._client)[0]]
+        return [self._scored(h, call.score_kind, kb) for h in call.run(self._client)[0]]
 
     def prepare_search(
         self,
@@ -321,13 +321,14 @@ class MilvusStore:
         return best
 
     @staticmethod
-    def _scored(hit: Any, kind: ScoreKind) -> ScoredChunk:
+    def _scored(hit: Any, kind: ScoreKind, kb: str) -> ScoredChunk:
         entity = hit.get("entity", hit)
         page = entity.get("page")
         chunk = Chunk(
             chunk_id=str(entity.get("chunk_id", hit.get("id"))),
             doc_id=entity["doc_id"],
             version=int(entity["version"]),
+            kb=kb,  # not a stored field: the collection is the knowledge base
             ordinal=int(entity["ordinal"]),
             text=entity["text"],
             title=entity["title"],
