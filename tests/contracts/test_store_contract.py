@@ -69,14 +69,13 @@ def _milvus(kind: str, folder: os.PathLike[str]) -> Iterator[VectorStore]:
             proc.wait(timeout=30)
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "fake",
-        pytest.param("lite-file", marks=pytest.mark.integration),
-        pytest.param("lite-server", marks=pytest.mark.integration),
-    ],
-)
+MILVUS = [
+    pytest.param("lite-file", marks=pytest.mark.integration),
+    pytest.param("lite-server", marks=pytest.mark.integration),
+]
+
+
+@pytest.fixture(scope="module", params=["fake", *MILVUS])
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VectorStore]:
     if request.param == "fake":
         s: VectorStore = FakeVectorStore(dimension=EMBEDDER.dimension)
@@ -266,7 +265,7 @@ def test_best_cosine_is_the_highest_cosine_with_the_named_chunks(store: VectorSt
 # -- MilvusStore only: methods beyond the Protocol --------------------------------------------------------
 
 
-@pytest.mark.parametrize("store", ["lite-file", "lite-server"], indirect=True)
+@pytest.mark.parametrize("store", MILVUS, indirect=True)
 def test_milvus_delete_document_keeps_the_named_version(store: VectorStore) -> None:
     from retrieval.store import MilvusStore
 
@@ -280,7 +279,7 @@ def test_milvus_delete_document_keeps_the_named_version(store: VectorStore) -> N
     assert [(c.doc_id, c.version) for c in store.document_chunks(kb, "vpn.md")] == [("vpn.md", 2)]
 
 
-@pytest.mark.parametrize("store", ["lite-file", "lite-server"], indirect=True)
+@pytest.mark.parametrize("store", MILVUS, indirect=True)
 def test_milvus_refuses_a_collection_of_another_dimension(store: VectorStore) -> None:
     from retrieval.store import MilvusStore
 
