@@ -18,7 +18,7 @@ import pytest
 
 from core.procs import free_port
 from core.protocols import Generator, GeneratorUnavailable
-from core.types import ChatMessage, GenerationDelta
+from core.types import ChatMessage, GenerationDelta, GenerationResult
 from tests.fakes import FakeGenerator
 
 HELLO = [
@@ -29,11 +29,12 @@ YES_NO = [ChatMessage(role="user", content="Is Paris the capital of France? Answ
 YES_NO_PATTERN = r"(Yes|No)\."
 
 
-def collect(stream: AsyncIterator[GenerationDelta]) -> list[GenerationDelta]:
-    async def run() -> list[GenerationDelta]:
-        return [delta async for delta in stream]
+async def collect(stream: AsyncIterator[GenerationDelta]) -> list[GenerationDelta]:
+    return [delta async for delta in stream]
 
-    return asyncio.run(run())
+
+# Each test makes all its calls inside one asyncio.run: a client's connections belong to the event loop that
+# opened them (kb's server runs one loop), so a generator is not carried from one loop to the next.
 
 
 class ServingGeneratorContract:
@@ -46,7 +47,7 @@ class ServingGeneratorContract:
         assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
 
     def test_stream_yields_text_deltas_then_one_usage(self, generator: Generator) -> None:
-        deltas = collect(generator.stream(HELLO))
+        deltas = asyncio.run(collect(generator.stream(HELLO)))
         *texts, last = deltas
         assert texts, "no text before the usage"
         assert all(d.text and d.usage is None for d in texts)
@@ -56,15 +57,23 @@ class ServingGeneratorContract:
 
     def test_stream_and_generate_give_the_same_answer(self, generator: Generator) -> None:
         # Temperature 0 (kb's default): the same messages give the same text, streamed or not.
-        whole = asyncio.run(generator.generate(HELLO))
-        deltas = collect(generator.stream(HELLO))
+        async def both() -> tuple[GenerationResult, list[GenerationDelta]]:
+            return await generator.generate(HELLO), await collect(generator.stream(HELLO))
+
+        whole, deltas = asyncio.run(both())
         assert "".join(d.text for d in deltas) == whole.text
         assert deltas[-1].usage == whole.usage
 
     def test_a_pattern_constrains_the_output(self, generator: Generator) -> None:
-        result = asyncio.run(generator.generate(YES_NO, pattern=YES_NO_PATTERN))
+        async def both() -> tuple[GenerationResult, list[GenerationDelta]]:
+            return (
+                await generator.generate(YES_NO, pattern=YES_NO_PATTERN),
+                await collect(generator.stream(YES_NO, pattern=YES_NO_PATTERN)),
+            )
+
+        result, deltas = asyncio.run(both())
         assert re.fullmatch(YES_NO_PATTERN, result.text), result.text
-        streamed = "".join(d.text for d in collect(generator.stream(YES_NO, pattern=YES_NO_PATTERN)))
+        streamed = "".join(d.text for d in deltas)
         assert re.fullmatch(YES_NO_PATTERN, streamed), streamed
 
 
@@ -116,7 +125,7 @@ class TestFakeGenerator(ServingGeneratorContract, UnreachableGeneratorContract):
     def test_requests_are_recorded_and_replies_come_in_order(self) -> None:
         fake = FakeGenerator("first", "second")
         assert asyncio.run(fake.generate(HELLO)).text == "first"
-        assert "".join(d.text for d in collect(fake.stream(YES_NO, pattern="s.*"))) == "second"
+        assert "".join(d.text for d in asyncio.run(collect(fake.stream(YES_NO, pattern="s.*")))) == "second"
         assert asyncio.run(fake.generate(HELLO)).text == "second"  # the last reply repeats
         assert [(c.messages, c.pattern, c.streamed) for c in fake.calls] == [
             (HELLO, None, False), (YES_NO, "s.*", True), (HELLO, None, False),

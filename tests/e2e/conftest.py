@@ -36,7 +36,11 @@ def start_llm(home: Path) -> LLMServer:
             log_path=home / "vllm.log", device="cpu",
         )
     )  # fmt: skip
-    server.start(timeout_s=600)
+    try:
+        server.start(timeout_s=600)
+    except BaseException:  # a failed or interrupted start must not leave vLLM running
+        server.stop()
+        raise
     return server
 
 

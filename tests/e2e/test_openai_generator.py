@@ -4,7 +4,6 @@ tests/contracts runs against FakeGenerator, and follow-up condensing with the re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,10 +27,9 @@ def generator_for(base_url: str, *, max_tokens: int = 24) -> OpenAIGenerator:
 
 class TestOpenAIGeneratorOnVLLM(ServingGeneratorContract):
     @pytest.fixture
-    def generator(self, llm_server: LLMServer) -> Iterator[OpenAIGenerator]:
-        generator = generator_for(llm_server.base_url)
-        yield generator
-        asyncio.run(generator.close())
+    def generator(self, llm_server: LLMServer) -> OpenAIGenerator:
+        # One per test, used inside that test's event loop only (its connections belong to that loop).
+        return generator_for(llm_server.base_url)
 
 
 def test_a_follow_up_becomes_a_standalone_query(llm_server: LLMServer) -> None:
