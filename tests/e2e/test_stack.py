@@ -120,7 +120,7 @@ def test_ask_answers_with_citations_from_the_right_document(stack: Stack, questi
     assert [(s["index"], s["doc_id"]) for s in body["sources"]] == [(1, doc_id)]
     assert [(c["index"], c["doc_id"]) for c in body["citations"]] == [(1, doc_id)]
     assert body["citations"][0]["chunk_id"] == body["sources"][0]["chunk_id"]
-    assert "[1]" in body["answer"] and body["sentences"][0]["citations"] == [1], body
+    assert "[1]" in body["answer"] and [1] in [s["citations"] for s in body["sentences"]], body
 
 
 def test_cli_ask_shares_the_running_stack(stack: Stack) -> None:
