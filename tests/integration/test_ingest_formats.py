@@ -24,7 +24,7 @@ needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="
 needs_cjk_font = pytest.mark.skipif(not docgen.CJK_FONT.is_file(), reason="fonts-wqy-microhei not installed")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shared_formats() -> None:
     shared_eval("docs_formats")
 
