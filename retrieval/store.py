@@ -236,7 +236,7 @@ class MilvusStore:
         rows = self._client.query(
             name, filter=build_filter(SearchFilter(), doc_id=doc_id), output_fields=_OUTPUT_FIELDS, limit=limit
         )
-        chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine").chunk for row in rows]
+        chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
         return sorted(chunks, key=lambda c: (c.version, c.ordinal))
 
     def search(
@@ -279,7 +279,7 @@ class MilvusStore:
             ]
             ranker, kind = self._ranker()
             hits = self._client.hybrid_search(**common, reqs=requests, ranker=ranker)
-        return [self._scored(h, kind) for h in hits[0]]
+        return [self._scored(h, kind, kb) for h in hits[0]]
 
     def _ranker(self) -> tuple[RRFRanker | WeightedRanker, ScoreKind]:
         if self._fusion == "rrf":
@@ -305,13 +305,14 @@ class MilvusStore:
         return best
 
     @staticmethod
-    def _scored(hit: Any, kind: ScoreKind) -> ScoredChunk:
+    def _scored(hit: Any, kind: ScoreKind, kb: str) -> ScoredChunk:
         entity = hit.get("entity", hit)
         page = entity.get("page")
         chunk = Chunk(
             chunk_id=str(entity.get("chunk_id", hit.get("id"))),
             doc_id=entity["doc_id"],
             version=int(entity["version"]),
+            kb=kb,  # not a stored field: the collection is the knowledge base
             ordinal=int(entity["ordinal"]),
             text=entity["text"],
             title=entity["title"],

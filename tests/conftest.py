@@ -9,9 +9,47 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
 
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def shared_eval(*parts: str) -> Path:
+    """A path under ../shared/eval (the evaluation data beside the checkout).
+
+    When it is missing, the calling test fails under CI (CI=true: the data must be there, a skip would
+    hide that nothing was checked) and is skipped, with the reason, on a developer's machine."""
+    path = SHARED_EVAL.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is missing (shared evaluation data, expected beside the checkout in ../shared/eval)"
+        if running_in_ci():
+            pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 # Models are offline here; a test must never reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT sequence classifier with MiniLM's tokenizer: random weights, real loading code (the
+    reranker contract and the rerank integration tests load it with CrossEncoderReranker)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from retrieval.embedder import resolve_model_location
+
+    folder = tmp_path_factory.mktemp("tiny-ce")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_location("sentence-transformers/all-MiniLM-L6-v2"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=1, max_position_embeddings=512,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from httpx_sse import connect_sse
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -33,15 +34,16 @@ from app.settings import Settings
 from core.procs import free_port
 from core.types import ChatMessage
 from serving.generator import OpenAIGenerator
-from serving.launcher import LLMServer, LLMServerConfig
+from serving.launcher import LLMServer
 from serving.prompts import PromptBook
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA
+from tests.e2e.conftest import SERVED_NAME
 
 pytestmark = pytest.mark.e2e
 
-LLM_PYTHON = ROOT / ".venv-llm" / "bin" / "python"
-MODEL = ROOT / "var" / "models" / "smollm2-135m-instruct"
 TIMEOUT_S = 30.0
+# Enough for the three cited sentences the citation guard allows: a cut-off answer would lose its markers.
+MAX_TOKENS = 200
 
 
 @dataclass
@@ -121,25 +123,15 @@ class Generation:
 
 
 @pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generation]:
-    if not LLM_PYTHON.exists() or not MODEL.is_dir():
-        pytest.fail(f"{LLM_PYTHON} or {MODEL} missing: run `make setup` (the e2e tests need vLLM and SmolLM2)")
+def gen(llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generation]:
     home = tmp_path_factory.mktemp("generation")
-    llm = LLMServer(
-        LLMServerConfig(
-            python=str(LLM_PYTHON), model=str(MODEL), served_model_name="kb-llm", host="127.0.0.1",
-            port=free_port(), max_model_len=2048, dtype="auto", kv_cache_bytes=268_435_456,
-            tensor_parallel_size=1, gpu_memory_utilization=0.9, cache_root=home / "vllm-cache",
-            log_path=home / "vllm.log", device="cpu",
-        )
-    )  # fmt: skip
-    llm.start(timeout_s=600)
-    proxy = RecordingProxy(upstream=f"http://127.0.0.1:{llm.cfg.port}")
+    proxy = RecordingProxy(upstream=f"http://127.0.0.1:{llm_server.cfg.port}")
     proxy.start()
     try:
         settings = Settings(home=home / "var", models_dir=home / "models")
         settings.llm.base_url = f"{proxy.url}/v1"
-        settings.llm.max_tokens = 48
+        settings.llm.served_model_name = SERVED_NAME
+        settings.llm.max_tokens = MAX_TOKENS
         settings.llm.timeout_s = TIMEOUT_S
         settings.llm.retry_backoff_s = 0.2
         settings.api.ui_enabled = False
@@ -147,24 +139,46 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Generation]:
         results = container.ingest.ingest_paths([DATA], kb="default")
         assert all(r.status == "indexed" for r in results), results
         with TestClient(create_app(settings, container)) as client:
-            yield Generation(llm=llm, proxy=proxy, client=client, settings=settings)
+            yield Generation(llm=llm_server, proxy=proxy, client=client, settings=settings)
     finally:
         proxy.stop()
-        llm.stop()
 
 
 def sse(client: TestClient, payload: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
     events: list[tuple[str, dict[str, object]]] = []
-    with client.stream("POST", "/ask", json={**payload, "stream": True}) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        name = ""
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line.removeprefix("data: "))))
+    with connect_sse(client, "POST", "/ask", json={**payload, "stream": True}) as source:
+        assert source.response.status_code == 200, source.response.read()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        events.extend((event.event, event.json()) for event in source.iter_sse())
     return events
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    title: str
+    page: int | None
+    text: str
+
+
+def prompt_sources(request: dict[str, object]) -> dict[int, PromptSource]:
+    """The numbered sources of a chat request as the model read them ("[n] Title (page p)" then the text),
+    parsed from what went over the wire: the expectation for each [n] marker, computed apart from kb."""
+    messages = request["messages"]
+    assert isinstance(messages, list)
+    user = str(messages[-1]["content"])
+    starts: list[int] = []
+    while found := re.compile(rf"^\[{len(starts) + 1}\] ", re.M).search(user, starts[-1] if starts else 0):
+        starts.append(found.start())
+    question = list(re.finditer(r"^(?:Question:|问题：)", user, re.M))[-1].start()
+    out: dict[int, PromptSource] = {}
+    for n, (start, end) in enumerate(zip(starts, [*starts[1:], question], strict=True), start=1):
+        header, _, text = user[start:end].partition("\n")
+        parsed = re.fullmatch(r"\[\d+\] (.*?)(?: \(page (\d+)\)|（第 (\d+) 页）)?", header)
+        assert parsed is not None, header
+        title, en_page, zh_page = parsed.groups()
+        page = en_page or zh_page
+        out[n] = PromptSource(title, int(page) if page else None, text.strip())
+    return out
 
 
 def test_stream_sends_tokens_then_citations_then_done(gen: Generation) -> None:
@@ -175,10 +189,16 @@ def test_stream_sends_tokens_then_citations_then_done(gen: Generation) -> None:
     assert len(names) > 3 and set(names[:-2]) == {"token"}, names
     streamed = "".join(str(d["text"]) for n, d in events if n == "token")
     citations, done = events[-2][1], events[-1][1]
-    # The verified text is the streamed text with invalid markers (if any) removed.
-    assert re.sub(r"\[\d+\]", "", str(citations["answer"])).split() == re.sub(r"\[\d+\]", "", streamed).split()
+    # The verified text is the streamed text (the citation guard admits valid markers only).
+    assert str(citations["answer"]).split() == streamed.split()
     sources = citations["sources"]
     assert isinstance(sources, list) and sources[0]["doc_id"] == "leave-policy.md"
+    # The guard makes every sentence end with a marker, so the first one (far shorter than max_tokens) cites;
+    # later ones may be cut off by max_tokens, so groundedness is not asserted.
+    cited = citations["citations"]
+    assert isinstance(cited, list) and cited, citations
+    assert done["refused"] is False
+    assert sorted({int(n) for n in re.findall(r"\[(\d+)\]", streamed)}) == [c["index"] for c in cited]
     usage, timings = done["usage"], done["timings"]
     assert isinstance(usage, dict) and usage["completion_tokens"] > 0 and usage["prompt_tokens"] > 0
     assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]
@@ -190,29 +210,45 @@ def test_stream_sends_tokens_then_citations_then_done(gen: Generation) -> None:
     assert gen.vllm_requests() == before + 1
 
 
-def test_citations_are_the_valid_cited_sources_with_document_and_page(gen: Generation) -> None:
-    body = gen.client.post("/ask", json={"question": "What is the daily meal allowance for international travel?"})
+MEAL_QUESTION = "What is the daily meal allowance for international travel?"
+
+
+def test_each_marker_cites_the_source_the_model_was_shown_under_that_number(gen: Generation) -> None:
+    body = gen.client.post("/ask", json={"question": MEAL_QUESTION})
     assert body.status_code == 200, body.text
     answer = body.json()
-    assert not answer["degraded"] and answer["usage"]["completion_tokens"] > 0
-    by_index = {s["index"]: s for s in answer["sources"]}
-    cited_in_text = {int(n) for n in re.findall(r"\[(\d+)\]", answer["answer"])}
-    assert cited_in_text <= set(by_index)
-    assert {c["index"] for c in answer["citations"]} == cited_in_text
+    assert not answer["degraded"] and not answer["refused"] and answer["usage"]["completion_tokens"] > 0
+    # The answer is on page 2 of the PDF, and retrieval shows it to the model first.
+    assert (answer["sources"][0]["doc_id"], answer["sources"][0]["page"]) == ("expense-policy.pdf", 2)
+    shown = prompt_sources(gen.proxy.chat_requests[-1])
+    assert sorted(shown) == [s["index"] for s in answer["sources"]]
+    markers = {int(n) for n in re.findall(r"\[(\d+)\]", answer["answer"])}
+    assert markers and markers <= set(shown), answer["answer"]
+    assert [c["index"] for c in answer["citations"]] == sorted(markers)
     for c in answer["citations"]:
-        assert (c["doc_id"], c["page"], c["snippet"]) == (
-            by_index[c["index"]]["doc_id"], by_index[c["index"]]["page"], by_index[c["index"]]["snippet"],
-        )  # fmt: skip
-    for s in answer["sentences"]:
-        assert s["grounded"] == bool(s["citations"]) and set(s["citations"]) <= cited_in_text
-    assert answer["grounded"] == (bool(answer["sentences"]) and all(s["grounded"] for s in answer["sentences"]))
+        expected = shown[c["index"]]
+        assert (c["title"], c["page"]) == (expected.title, expected.page)
+        assert expected.text.startswith(str(c["snippet"]).removesuffix("…"))
+
+
+def test_with_one_source_the_answer_cites_the_document_that_holds_it(gen: Generation) -> None:
+    body = gen.client.post("/ask", json={"question": MEAL_QUESTION, "top_k": 1})
+    assert body.status_code == 200, body.text
+    answer = body.json()
+    assert not answer["degraded"] and not answer["refused"], answer
+    assert [(c["index"], c["doc_id"], c["page"]) for c in answer["citations"]] == [(1, "expense-policy.pdf", 2)]
+    assert answer["citations"] == answer["sources"]
+    assert "The daily meal allowance is 60 US dollars" in answer["citations"][0]["snippet"]
+    # The guard forces a marker within the first 200 characters; which sentence carries it is the model's
+    # choice (a guarded "sentence" may hold several), so sentence-level grounding is not asserted.
+    assert "[1]" in answer["answer"] and [1] in [s["citations"] for s in answer["sentences"]]
 
 
 def test_prompt_language_follows_the_question(gen: Generation) -> None:
     book = PromptBook()
-    for question, lang, marker in [
-        ("报销需要在多少天内提交？", "zh", "你是公司知识库助手"),
-        ("How long must passwords be?", "en", "You are the company knowledge base assistant"),
+    for question, lang, other, marker in [
+        ("报销需要在多少天内提交？", "zh", "en", "你是公司知识库助手"),
+        ("How long must passwords be?", "en", "zh", "You are the company knowledge base assistant"),
     ]:
         r = gen.client.post("/ask", json={"question": question})
         assert r.status_code == 200, r.text
@@ -222,10 +258,11 @@ def test_prompt_language_follows_the_question(gen: Generation) -> None:
         assert messages[0]["role"] == "system" and marker in messages[0]["content"]
         assert question in messages[-1]["content"]
         # The constrained-decoding pattern allows the refusal in the question's language only.
-        pattern = json.dumps(sent["structured_outputs"], ensure_ascii=False)
-        assert re.escape(book.refusal(lang)).replace("\\", "\\\\") in pattern
-        if r.json()["refused"]:
-            assert r.json()["answer"] == book.refusal(lang)
+        structured = sent["structured_outputs"]
+        assert isinstance(structured, dict)
+        pattern = str(structured["regex"])
+        assert re.escape(book.refusal(lang)) in pattern and re.escape(book.refusal(other)) not in pattern
+        assert r.json()["answer"] != book.refusal(other)
 
 
 def test_refusal_is_answered_without_calling_the_model(gen: Generation) -> None:

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from core.procs import free_port, pid_alive, port_open
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA
+from tests.e2e.conftest import LLM_PYTHON, MODELS_DIR, require_llm
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +32,6 @@ KB = str(Path(sys.executable).parent / "kb")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
-LLM_PYTHON = ROOT / ".venv-llm" / "bin" / "python"
-MODELS = ROOT / "var" / "models"
 
 
 @dataclass
@@ -46,14 +46,13 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not LLM_PYTHON.exists():
-        pytest.fail(f"{LLM_PYTHON} missing: run `make setup` (the e2e tests need the vLLM venv)")
+    require_llm()
     home = tmp_path_factory.mktemp("stack")
     api_port, llm_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KB_")},
         "KB_HOME": str(home / "var"),
-        "KB_MODELS_DIR": str(MODELS),
+        "KB_MODELS_DIR": str(MODELS_DIR),
         "KB_API__PORT": str(api_port),
         "KB_LLM__PORT": str(llm_port),
         "KB_LLM__PYTHON": str(LLM_PYTHON),
@@ -109,24 +108,19 @@ def test_startup_printed_the_docs_url(stack: Stack) -> None:
 
 @pytest.mark.parametrize(("question", "doc_id"), QUESTIONS)
 def test_ask_answers_with_citations_from_the_right_document(stack: Stack, question: str, doc_id: str) -> None:
-    response = httpx.post(f"{stack.url}/ask", json={"question": question}, timeout=180)
+    # One source: retrieval must find the document that holds the answer, and the citation guard leaves the
+    # model one marker to cite, so the citation is that document whatever SmolLM2 writes around it.
+    response = httpx.post(f"{stack.url}/ask", json={"question": question, "top_k": 1}, timeout=180)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert not body["degraded"], body
+    assert not body["degraded"] and not body["refused"], body
     assert body["answer"].strip()
     assert body["usage"]["completion_tokens"] > 0
     assert body["timings"]["generate_ms"] > 0
-    # Retrieval put the document that holds the answer first, and the model was shown it as [1].
-    assert body["sources"][0]["doc_id"] == doc_id
-    assert body["sources"][0]["index"] == 1
-    # Every citation is a real, numbered source and the text carries its marker.
-    source_ids = {s["index"]: s["chunk_id"] for s in body["sources"]}
-    assert body["citations"] or body["refused"], body
-    for c in body["citations"]:
-        assert source_ids[c["index"]] == c["chunk_id"]
-        assert f"[{c['index']}]" in body["answer"]
-    if body["citations"]:
-        assert doc_id in {c["doc_id"] for c in body["citations"]}, body
+    assert [(s["index"], s["doc_id"]) for s in body["sources"]] == [(1, doc_id)]
+    assert [(c["index"], c["doc_id"]) for c in body["citations"]] == [(1, doc_id)]
+    assert body["citations"][0]["chunk_id"] == body["sources"][0]["chunk_id"]
+    assert "[1]" in body["answer"] and [1] in [s["citations"] for s in body["sentences"]], body
 
 
 def test_cli_ask_shares_the_running_stack(stack: Stack) -> None:
@@ -198,17 +192,11 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
 
 
 def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
-    events: list[tuple[str, dict[str, object]]] = []
     payload = {"question": "How many days of annual leave do new employees get?", "stream": True}
-    with httpx.stream("POST", f"{stack.url}/ask", json=payload, timeout=180) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        name = ""
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line.removeprefix("data: "))))
+    with httpx.Client(timeout=180) as client, connect_sse(client, "POST", f"{stack.url}/ask", json=payload) as source:
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        events = [(event.event, event.json()) for event in source.iter_sse()]
     names = [n for n, _ in events]
     assert names[-2:] == ["citations", "done"], names
     assert len(names) > 3 and set(names[:-2]) == {"token"}, names
@@ -217,7 +205,14 @@ def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
     assert isinstance(sources, list) and sources[0]["doc_id"] == "leave-policy.md"
     streamed = "".join(str(d["text"]) for n, d in events if n == "token")
     assert streamed.strip()
+    # Every cited source is one of the numbered sources, and its marker is in the streamed text.
+    cited = citations["citations"]
+    assert isinstance(cited, list) and cited, citations
+    source_ids = {s["index"]: s["chunk_id"] for s in sources}
+    assert [(c["index"], c["chunk_id"]) for c in cited] == [(c["index"], source_ids[c["index"]]) for c in cited]
+    assert all(f"[{c['index']}]" in streamed for c in cited)
     done = events[-1][1]
+    assert done["refused"] is False and done["degraded"] is False
     usage, timings = done["usage"], done["timings"]
     assert isinstance(usage, dict) and usage["completion_tokens"] > 0
     assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]

@@ -11,7 +11,6 @@ import pytest
 from app.container import Container
 from app.settings import Settings
 from core.types import Chunk, RelevanceThresholds
-from retrieval.embedder import resolve_model_location
 from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import CrossEncoderReranker, load_reranker
 
@@ -39,22 +38,6 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     c.store.flush("default")
     yield c
     c.store._client.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT sequence classifier with MiniLM's tokenizer: random weights, real loading code."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-ce")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_location("sentence-transformers/all-MiniLM-L6-v2"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=1, max_position_embeddings=512,
-    )  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _pipeline(c: Container, **kwargs: object) -> QueryPipeline:

@@ -1,0 +1,88 @@
+"""The Embedder contract, run against FakeEmbedder and SentenceTransformerEmbedder (the bundled
+all-MiniLM-L6-v2, loaded offline)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core.protocols import Embedder
+from core.types import TextKind
+from tests.fakes import FakeEmbedder
+
+QUESTION = "How many days of paid annual leave do employees get?"
+ANSWER = "Employees get 20 days of paid annual leave per year."
+UNRELATED = "Reset a forgotten VPN password in the self-service portal."
+
+
+@pytest.fixture(scope="module", params=["fake", pytest.param("minilm", marks=pytest.mark.integration)])
+def embedder(request: pytest.FixtureRequest) -> Embedder:
+    if request.param == "fake":
+        return FakeEmbedder()
+    from retrieval.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def test_it_is_an_embedder(embedder: Embedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.dimension > 0 and embedder.max_seq_length > 0
+
+
+@pytest.mark.parametrize("kind", ["query", "passage"])
+def test_one_unit_vector_of_the_declared_dimension_per_text(embedder: Embedder, kind: TextKind) -> None:
+    texts = [QUESTION, ANSWER, "员工每年享有二十天带薪年假。", "x", ""]
+    vectors = embedder.embed(texts, kind)
+    assert len(vectors) == len(texts)
+    assert {len(v) for v in vectors} == {embedder.dimension}
+    for v in vectors:
+        assert all(isinstance(x, float) for x in v)
+        assert math.sqrt(sum(x * x for x in v)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_no_texts_give_no_vectors(embedder: Embedder) -> None:
+    assert embedder.embed([], "query") == []
+    assert embedder.embed([], "passage") == []
+
+
+def test_vectors_are_deterministic_and_independent_of_the_batch(embedder: Embedder) -> None:
+    alone = embedder.embed([ANSWER], "passage")[0]
+    batch = embedder.embed([UNRELATED, ANSWER, QUESTION], "passage")
+    again = embedder.embed([ANSWER], "passage")[0]
+    assert alone == pytest.approx(again, abs=1e-6)
+    assert alone == pytest.approx(batch[1], abs=1e-5)
+
+
+def test_a_query_is_closer_to_the_passage_that_answers_it(embedder: Embedder) -> None:
+    query = embedder.embed([QUESTION], "query")[0]
+    answer, unrelated = embedder.embed([ANSWER, UNRELATED], "passage")
+    assert _cos(query, answer) > _cos(query, unrelated) + 0.1
+
+
+def test_query_and_passage_kinds_both_embed_the_text(embedder: Embedder) -> None:
+    # Models with prefixes (BGE, e5) embed the kinds differently; the same text stays the closest either way.
+    query = embedder.embed([ANSWER], "query")[0]
+    passages = embedder.embed([ANSWER, UNRELATED], "passage")
+    assert _cos(query, passages[0]) > _cos(query, passages[1])
+    assert _cos(query, passages[0]) > 0.8
+
+
+def test_declared_languages_are_the_understood_ones(embedder: Embedder) -> None:
+    declared = embedder.languages
+    assert declared
+    for language in sorted(declared | {"en", "zh", "xx"}):
+        assert embedder.understands(language) == ("*" in declared or language in declared), language
+
+
+def test_token_counts_grow_with_the_text(embedder: Embedder) -> None:
+    assert embedder.count_tokens("") == 0
+    counts = [embedder.count_tokens(" ".join(ANSWER.split()[:n])) for n in range(1, len(ANSWER.split()) + 1)]
+    assert counts == sorted(counts) and counts[0] >= 1
+    assert counts[-1] > counts[0]
+    assert embedder.count_tokens(ANSWER + " " + UNRELATED) > embedder.count_tokens(ANSWER)
+    assert embedder.count_tokens("员工每年享有二十天带薪年假") > embedder.count_tokens("员工")
