@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -40,7 +40,7 @@ def load_settings() -> Settings:
     return settings
 
 
-def emit(data: Any, as_json: bool, human: str) -> None:
+def emit(data: object, as_json: bool, human: str) -> None:
     if as_json:
         typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
     else:
