@@ -238,7 +238,7 @@ def test_rotated_pdf_page_reads_as_lines_not_letters(
 ) -> None:
     found = parsed_chunks(container, doc_id)
     text = "\n".join(c.text for c in found)
-    # Read one character per line, the phrase came out as "T h e t u r b i n e ..." and the title as "T u".
+    # Read one character per line, the phrase came out as "T h e t u r b n e ..." and the title as "C r a c k s".
     assert any(ROTATED_LINES[0] in c.text for c in found), text
     assert "ninety days" in text and "two millimetres" in text
     assert {c.title for c in found} == {ROTATED_TITLE}
