@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from ingest.elements import Element
-from ingest.loaders import LoadedDocument
+from ingest.loaders import LoadedDocument, readable_title
 
 # Ordered from the strongest boundary to the weakest; sentence ends of both languages come before
 # clause marks so that a chunk ends at a full stop whenever the size allows.
@@ -49,7 +49,13 @@ def is_heading(element: Element) -> bool:
     # unstructured labels many short lines of plain text as Title; a real heading is short and does
     # not end like a sentence.
     text = element.text.strip()
-    return element.category == "Title" and len(text) <= _MAX_HEADING_CHARS and not _SENTENCE_END.search(text)
+    # A garbled heading ("n u J", a rotated or copy-protected page) would label every chunk under it.
+    return (
+        element.category == "Title"
+        and len(text) <= _MAX_HEADING_CHARS
+        and not _SENTENCE_END.search(text)
+        and readable_title(text)
+    )
 
 
 def table_rows(html: str) -> list[list[str]]:
@@ -85,9 +91,12 @@ class StructuredChunker:
     def split(self, document: LoadedDocument) -> list[TextChunk]:
         return self.session(document.title).feed(document.elements)
 
-    def session(self, title: str) -> ChunkSession:
-        """Chunk a document that arrives in batches of elements (pages of a large PDF)."""
-        return ChunkSession(self, title)
+    def session(self, title: str, *, title_is_section: bool = False) -> ChunkSession:
+        """Chunk a document that arrives in batches of elements (pages of a large PDF).
+
+        `title_is_section`: the heading that repeats the document title heads a section like any other
+        (slides: the first slide's title is the deck's title and also the only heading of that slide)."""
+        return ChunkSession(self, "" if title_is_section else title)
 
     # -- used by ChunkSession ----------------------------------------------------------------------
     def split_section(self, section: _Section) -> list[TextChunk]:
@@ -164,7 +173,7 @@ class ChunkSession:
 
     def __init__(self, chunker: StructuredChunker, title: str) -> None:
         self._chunker = chunker
-        self._title = title.strip()
+        self._title = title.strip()  # "" when the title heading is a section of its own
         self._path: list[str] = []
         self._levels: list[int] = []
         self._seen_content = False

@@ -80,8 +80,8 @@ class FileReader:
             t = time.perf_counter()
             if elements:
                 if session is None:
-                    title = title_of(path, elements)
-                    session = self._chunker.session(title)
+                    title = title_of(path, elements, parsed.metadata_title)
+                    session = self._chunker.session(title, title_is_section=parsed.titled_pages)
                 pieces = session.feed(elements)
                 chunks = [
                     _chunk(p, into, ordinal=ordinal + i, title=title, source=str(path)) for i, p in enumerate(pieces)

@@ -131,3 +131,98 @@ def encrypted_pdf(path: Path) -> Path:
         writer.write(out)
     plain.unlink()
     return path
+
+
+def rotated_pdf(path: Path, *, title: str, lines: list[str], how: str) -> Path:
+    """A one-page PDF whose text runs up the displayed page, as on a landscape page turned sideways.
+
+    how="rotate": the text is drawn level and the page carries `/Rotate 90` (a viewer turns it);
+    how="canvas": the text itself is drawn turned by 90° on a portrait page, which has no `/Rotate`.
+    Either way a layout engine that reads the displayed page sees one character per line."""
+    from pypdf import PdfReader, PdfWriter
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    height = A4[1]
+    plain = path.with_suffix(".level.pdf")
+    c = canvas.Canvas(str(plain), pagesize=A4)
+    if how == "canvas":
+        c.translate(80, 60)  # lines then step rightwards across the page
+        c.rotate(90)  # counter-clockwise: the text now runs from the bottom of the page to the top
+        y = 0.0
+    else:
+        y = height - 80
+    x = 0.0 if how == "canvas" else 60.0
+    c.setFont("Helvetica-Bold", 20)
+    c.drawString(x, y, title)
+    c.setFont("Helvetica", 12)
+    for line in lines:
+        y -= 24
+        c.drawString(x, y, line)
+    c.showPage()
+    c.save()
+    writer = PdfWriter()
+    for page in PdfReader(str(plain)).pages:
+        added = writer.add_page(page)
+        if how == "rotate":
+            added.rotation = 90
+        elif how != "canvas":
+            raise ValueError(f"unknown rotation kind {how!r}")
+    with path.open("wb") as out:
+        writer.write(out)
+    plain.unlink()
+    return path
+
+
+def pptx_table_slide(path: Path, *, title: str, rows: list[list[str]], first: bool = False, top: float = 1.6) -> Path:
+    """A deck with a slide that holds a title (in its title placeholder) and a table, and nothing else.
+
+    `first`: that slide opens the deck, so its title is also the deck's title; `top` (inches): where the
+    table starts; above the title's 0.3 inches, the table comes first in reading order."""
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    prs = Presentation()
+    if not first:
+        intro = prs.slides.add_slide(prs.slide_layouts[1])
+        intro.shapes.title.text = "Sales review"
+        intro.placeholders[1].text = "This deck reviews the sales of the year."
+    slide = prs.slides.add_slide(prs.slide_layouts[5])  # "Title Only": the table is the whole body
+    slide.shapes.title.text = title
+    frame = slide.shapes.add_table(
+        len(rows), len(rows[0]), Inches(0.5), Inches(top), Inches(9), Inches(0.4) * len(rows)
+    )
+    for r, cells in enumerate(rows):
+        for col, text in enumerate(cells):
+            frame.table.cell(r, col).text = text
+    if first:
+        outro = prs.slides.add_slide(prs.slide_layouts[1])
+        outro.shapes.title.text = "Next steps"
+        outro.placeholders[1].text = "Regions report monthly."
+    prs.save(str(path))
+    return path
+
+
+def garbled_title_pdf(path: Path, *, first_line: str, body: str, metadata_title: str | None) -> Path:
+    """A PDF whose first line is what a copy-protected file gives: letters split by spaces ("n u J")."""
+    from pypdf import PdfReader, PdfWriter
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    plain = path.with_suffix(".plain.pdf")
+    c = canvas.Canvas(str(plain), pagesize=A4)
+    c.setFont("Helvetica-Bold", 24)
+    c.drawString(60, 770, first_line)
+    c.setFont("Helvetica", 12)
+    c.drawString(60, 720, body)
+    c.showPage()
+    c.save()
+    writer = PdfWriter()
+    for page in PdfReader(str(plain)).pages:
+        writer.add_page(page)
+    if metadata_title is not None:
+        writer.add_metadata({"/Title": metadata_title})
+    with path.open("wb") as out:
+        writer.write(out)
+    plain.unlink()
+    return path

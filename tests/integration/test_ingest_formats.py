@@ -186,3 +186,83 @@ def test_garbled_text_layer_is_replaced_by_ocr(container: Container, indexed: di
 def test_image_files_are_ocred(container: Container, indexed: dict[str, IngestResult]) -> None:
     text = text_of(container, "notice.png").lower()
     assert "fire drill on thursday" in text and "north car park" in text
+
+
+# -- parsing defects found on documents we do not have: rotated pages, table slides, garbled titles ---------
+ROTATED_TITLE = "Turbine Inspection Report"
+ROTATED_LINES = ["The turbine blades are inspected every ninety days.", "Cracks longer than two millimetres ground it."]
+# deck -> (title of its table slide, that slide's number): after an intro slide, the deck's first slide, and
+# a table placed above the title (so it comes first in reading order).
+TABLE_SLIDES = {
+    "targets.pptx": ("Regional sales targets", 2),
+    "capacity.pptx": ("Warehouse capacity plan", 1),
+    "fleet.pptx": ("Fleet replacement schedule", 2),
+}
+
+
+@pytest.fixture(scope="module")
+def parsing_docs(container: Container, tmp_path_factory: pytest.TempPathFactory) -> dict[str, IngestResult]:
+    """Documents of their own kb, so these tests do not need the shared formats folder ingested."""
+    folder = tmp_path_factory.mktemp("parsing")
+    docgen.rotated_pdf(folder / "rotated-page.pdf", title=ROTATED_TITLE, lines=ROTATED_LINES, how="rotate")
+    docgen.rotated_pdf(folder / "sideways-text.pdf", title=ROTATED_TITLE, lines=ROTATED_LINES, how="canvas")
+    rows = [["Region", "Target"], ["North", "4.2 million"], ["South", "3.1 million"]]
+    docgen.pptx_table_slide(folder / "targets.pptx", title=TABLE_SLIDES["targets.pptx"][0], rows=rows)
+    docgen.pptx_table_slide(folder / "capacity.pptx", title=TABLE_SLIDES["capacity.pptx"][0], rows=rows, first=True)
+    docgen.pptx_table_slide(folder / "fleet.pptx", title=TABLE_SLIDES["fleet.pptx"][0], rows=rows, top=0.1)
+    body = "The warehouse stocktake is on the last Friday of June."
+    docgen.garbled_title_pdf(folder / "stocktake_notice.pdf", first_line="n u J", body=body, metadata_title=None)
+    docgen.garbled_title_pdf(
+        folder / "protected.pdf", first_line="n u J", body=body, metadata_title="June Stocktake Notice"
+    )
+    return {r.doc_id: r for r in container.ingest.ingest_paths([folder], kb="parsing")}
+
+
+def parsed_chunks(container: Container, doc_id: str) -> list[Chunk]:
+    found = container.store.document_chunks("parsing", doc_id)
+    assert found, f"no chunks stored for {doc_id}"
+    return found
+
+
+def test_parsing_fixtures_are_indexed(parsing_docs: dict[str, IngestResult]) -> None:
+    failed = {d: f"{r.error_code}: {r.error}" for d, r in parsing_docs.items() if r.status != "indexed"}
+    assert not failed, failed
+    assert set(parsing_docs) == {
+        "rotated-page.pdf", "sideways-text.pdf", "stocktake_notice.pdf", "protected.pdf", *TABLE_SLIDES
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("doc_id", ["rotated-page.pdf", "sideways-text.pdf"])
+def test_rotated_pdf_page_reads_as_lines_not_letters(
+    container: Container, parsing_docs: dict[str, IngestResult], doc_id: str
+) -> None:
+    found = parsed_chunks(container, doc_id)
+    text = "\n".join(c.text for c in found)
+    # Read one character per line, the phrase came out as "T h e t u r b n e ..." and the title as "C r a c k s".
+    assert any(ROTATED_LINES[0] in c.text for c in found), text
+    assert "ninety days" in text and "two millimetres" in text
+    assert {c.title for c in found} == {ROTATED_TITLE}
+    hits = container.query.search("How often are the turbine blades inspected?", kb="parsing", top_k=3).hits
+    assert hits and hits[0].chunk.doc_id in {"rotated-page.pdf", "sideways-text.pdf"}
+
+
+@pytest.mark.parametrize("doc_id", sorted(TABLE_SLIDES))
+def test_pptx_table_slide_keeps_its_title(
+    container: Container, parsing_docs: dict[str, IngestResult], doc_id: str
+) -> None:
+    title, slide = TABLE_SLIDES[doc_id]
+    table = [c for c in parsed_chunks(container, doc_id) if c.category == "Table"]
+    assert len(table) == 1 and "| North | 4.2 million |" in table[0].text
+    assert table[0].page == slide
+    # The slide's title must be searchable with the table: in the chunk text, which is what is embedded.
+    assert table[0].text.startswith(title + "\n") and table[0].section == title
+    hits = container.query.search(title, kb="parsing", top_k=3).hits
+    assert hits and (hits[0].chunk.doc_id, hits[0].chunk.page) == (doc_id, slide)
+
+
+def test_garbled_first_line_is_not_the_title(container: Container, parsing_docs: dict[str, IngestResult]) -> None:
+    assert {c.title for c in parsed_chunks(container, "stocktake_notice.pdf")} == {"stocktake notice"}
+    assert {c.title for c in parsed_chunks(container, "protected.pdf")} == {"June Stocktake Notice"}
+    found = parsed_chunks(container, "protected.pdf")
+    assert "last Friday of June" in "\n".join(c.text for c in found)
+    assert all(c.section == "" for c in found)  # and the garbled line labels no section

@@ -107,3 +107,22 @@ def test_pipes_in_cells_are_escaped() -> None:
     html = "<table><tr><td>a|b</td><td>c</td></tr><tr><td>1</td><td>2</td></tr></table>"
     chunks = StructuredChunker(words, chunk_tokens=60, overlap_tokens=0).split(doc(Element("t", "Table", html=html)))
     assert chunks[0].text.splitlines()[0] == "| a\\|b | c |"
+
+
+def test_slide_decks_keep_the_first_slide_title_as_its_section() -> None:
+    # The deck's title is its first slide's title; when that slide holds only a table, the title must stay.
+    elements = [
+        Element("Warehouse capacity plan", "Title", page=1, depth=0),
+        Element("Site Pallets", "Table", page=1, html="<table><tr><td>Site</td><td>Pallets</td></tr></table>"),
+    ]
+    chunker = StructuredChunker(words, chunk_tokens=100, overlap_tokens=10)
+    as_document = chunker.session("Warehouse capacity plan").feed(elements)
+    assert [c.section for c in as_document] == [""]
+    as_slides = chunker.session("Warehouse capacity plan", title_is_section=True).feed(elements)
+    assert [c.section for c in as_slides] == ["Warehouse capacity plan"]
+    assert as_slides[0].text.startswith("Warehouse capacity plan\n| Site | Pallets |")
+
+
+def test_garbled_titles_are_not_headings() -> None:
+    assert not is_heading(Element("n u J", "Title"))
+    assert is_heading(Element("员工手册", "Title"))
