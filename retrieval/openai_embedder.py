@@ -126,7 +126,11 @@ class OpenAIEmbedder:
         except EmbedderUnavailable as exc:
             self._client.close()
             raise EmbedderUnavailable(f"embedding server {base_url} (model {model}): {exc}") from exc
-        self._count_tokens, counter = load_token_counter(tokenizer, model)
+        try:
+            self._count_tokens, counter = load_token_counter(tokenizer, model)
+        except BaseException:
+            self._client.close()
+            raise
         log.info(
             "embedding server %s: model %s, %d dimensions, profile %s, token counts by %s",
             base_url, model, self._dimension, self.profile.name, counter,

@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 FAIL_MARKER = "\x00fail-500"
 SLOW_MARKER = "\x00slow"
 SLOW_S = 3.0
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class EmbeddingRequest(BaseModel):
+    # At module level: FastAPI resolves the (postponed) annotation of the endpoint's parameter by name.
+    model: str
+    input: list[str] | str
+    encoding_format: str = "float"
 
 
 def scale_of(text: str) -> float:
@@ -34,17 +43,11 @@ def scale_of(text: str) -> float:
 def build_app(model_path: str) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(model_path, device="cpu")
     batches: list[int] = []
     app = FastAPI()
-
-    class EmbeddingRequest(BaseModel):
-        model: str
-        input: list[str] | str
-        encoding_format: str = "float"
 
     @app.post("/v1/embeddings", response_model=None)
     def embeddings(request: EmbeddingRequest) -> dict[str, Any] | JSONResponse:
