@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.container import Container
-from app.settings import EmbeddingSettings, Settings
+from app.settings import EmbeddingSettings, RerankerSettings, Settings
 from core.procs import free_port
 from core.protocols import EmbedderUnavailable
 from retrieval.embedder import SentenceTransformerEmbedder, resolve_model_location
@@ -138,13 +138,27 @@ def test_a_tokenizer_that_cannot_be_loaded_is_an_error(embed_server: EmbedServer
         OpenAIEmbedder(base_url=embed_server.base_url, model=MODEL, tokenizer=str(tmp_path / "missing"))
 
 
-def test_the_container_uses_the_server_when_a_url_is_set(embed_server: EmbedServer, tmp_path: Path) -> None:
+def test_the_container_ingests_and_searches_through_the_server(embed_server: EmbedServer, tmp_path: Path) -> None:
     settings = Settings(
         home=tmp_path,
         embedding=EmbeddingSettings(base_url=embed_server.base_url, max_seq_length=128, batch_size=8),
+        reranker=RerankerSettings(enabled=False),
     )
-    embedder = Container(settings).embedder
+    container = Container(settings)
+    embedder = container.embedder
     assert isinstance(embedder, OpenAIEmbedder)
     assert embedder.base_url == embed_server.base_url
     assert (embedder.dimension, embedder.max_seq_length, embedder.batch_size) == (384, 128, 8)
-    embedder.close()
+    doc = tmp_path / "docs" / "leave.md"
+    doc.parent.mkdir()
+    doc.write_text("# Leave\n\n" + " ".join(TEXTS[:3]) + "\n", encoding="utf-8")
+    try:
+        results = container.ingest.ingest_paths([doc], kb="default")
+        assert [r.status for r in results] == ["indexed"], results
+        # Dense only: the vectors in Milvus (dimension learned from the server) are what finds the chunk.
+        found = container.query.search("How do I reset my VPN password?", top_k=1, mode="dense")
+        assert found.hits and found.hits[0].chunk.doc_id == "leave.md", found.hits
+        assert "VPN password" in found.hits[0].chunk.text
+    finally:
+        container.store._client.close()
+        embedder.close()
