@@ -21,8 +21,9 @@ from ingest.versions import Versions
 from ingest.worker import JobWorker
 from retrieval.condense import Condenser
 from retrieval.context import context_budget, llm_token_counter
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import ProfiledEmbedder, SentenceTransformerEmbedder
 from retrieval.milvus_connect import LiteLayout, open_client
+from retrieval.openai_embedder import OpenAIEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import CrossEncoderReranker, load_reranker
 from retrieval.store import MilvusStore
@@ -42,8 +43,15 @@ class Container:
         settings.home.mkdir(parents=True, exist_ok=True)
 
     @cached_property
-    def embedder(self) -> SentenceTransformerEmbedder:
+    def embedder(self) -> ProfiledEmbedder:
         e = self.settings.embedding
+        if e.base_url:
+            # A separate embedding service: this process loads no model (and no torch).
+            return OpenAIEmbedder(
+                base_url=e.base_url, model=e.model, api_key=e.api_key.get_secret_value(), profile=e.profile,
+                batch_size=e.batch_size, max_seq_length=e.max_seq_length, timeout_s=e.timeout_s,
+                retries=e.connect_retries, backoff_s=e.retry_backoff_s, tokenizer=e.tokenizer,
+            )  # fmt: skip
         return SentenceTransformerEmbedder(
             e.model, profile=e.profile, device=e.device, batch_size=e.batch_size, max_seq_length=e.max_seq_length
         )

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.protocols import EmbedderUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +62,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail), _request_id(request)), status_code=exc.status_code)
+
+    @app.exception_handler(EmbedderUnavailable)
+    async def _embedder_down(request: Request, exc: EmbedderUnavailable) -> JSONResponse:
+        # A separate embedding service is down or slow: the caller may retry later, kb itself is fine.
+        return JSONResponse(error_body("service_unavailable", str(exc), _request_id(request)), status_code=503)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

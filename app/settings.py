@@ -44,6 +44,18 @@ class EmbeddingSettings(BaseModel):
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(256, ge=16)
+    # An OpenAI-compatible embeddings endpoint (Text Embeddings Inference, vLLM, Infinity), e.g.
+    # http://embed:8080/v1. Empty means the model runs in-process (sentence-transformers). With a URL,
+    # `model` is the name the server serves, and `max_seq_length` should match what the server reads.
+    base_url: str = ""
+    api_key: SecretStr = SecretStr("EMPTY")
+    # Connection errors are retried this many times with exponential backoff; a timeout is not retried.
+    timeout_s: float = Field(30.0, gt=0)
+    connect_retries: int = Field(2, ge=0)
+    retry_backoff_s: float = Field(0.5, ge=0)
+    # For counting tokens (chunk sizes) with a remote model: a local folder or a Hugging Face name. Empty
+    # means the model's own tokenizer if it is on this machine, else an estimate that over-counts.
+    tokenizer: str = ""
 
 
 class RerankerSettings(BaseModel):

@@ -21,9 +21,14 @@ from core.types import (
 )
 
 
+class EmbedderUnavailable(RuntimeError):
+    """A remote embedding server could not be reached, failed, or did not answer in time."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
-    """Text → unit-length vectors. Loads its model when built, never on the first call."""
+    """Text → unit-length vectors. Loads its model (or reaches its server) when built, never on the first
+    call. A backend that embeds on another server raises EmbedderUnavailable for any server-side failure."""
 
     @property
     def dimension(self) -> int: ...

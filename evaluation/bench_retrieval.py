@@ -23,7 +23,7 @@ from evaluation.langchain_baseline import LangChainBaseline
 from evaluation.metrics import percentile
 from evaluation.retrieval_eval import cached_passage_vectors
 from evaluation.scratch import scratch_container
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import ProfiledEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.store import MilvusStore
 
@@ -153,7 +153,7 @@ def _grow(store: MilvusStore, chunks: Sequence[Chunk], rows: np.ndarray) -> floa
 @dataclass
 class _Timer:
     pipeline: QueryPipeline
-    embedder: SentenceTransformerEmbedder
+    embedder: ProfiledEmbedder
     bare: BareHybridSearch
     baseline: LangChainBaseline
     limit: int

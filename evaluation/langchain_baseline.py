@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from langchain_milvus import Milvus
 
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import ProfiledEmbedder
 from retrieval.langchain_retriever import KbEmbeddings
 
 
 class LangChainBaseline:
-    def __init__(self, embedder: SentenceTransformerEmbedder, db_file: Path, collection: str = "baseline") -> None:
+    def __init__(self, embedder: ProfiledEmbedder, db_file: Path, collection: str = "baseline") -> None:
         self._store = Milvus(
             embedding_function=KbEmbeddings(embedder),
             collection_name=collection,

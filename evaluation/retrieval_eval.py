@@ -17,7 +17,7 @@ from core.types import Chunk, SearchMode
 from evaluation.datasets import BeirDoc, BeirSet
 from evaluation.metrics import mrr_at, ndcg_at, percentile, recall_at
 from evaluation.scratch import scratch_container
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import ProfiledEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.store import MilvusStore
 
@@ -128,7 +128,7 @@ def run_queries(
 
 
 def cached_passage_vectors(
-    embedder: SentenceTransformerEmbedder, texts: Sequence[str], fingerprint: str, cache_dir: Path
+    embedder: ProfiledEmbedder, texts: Sequence[str], fingerprint: str, cache_dir: Path
 ) -> np.ndarray:
     """Passage embeddings, cached on disk per model and corpus: embedding is the slow part of an eval."""
     key = hashlib.sha256(
@@ -190,9 +190,7 @@ def evaluate_retrieval(
     return report
 
 
-def _langchain_run(
-    data: BeirSet, embedder: SentenceTransformerEmbedder, vectors: np.ndarray, work_dir: Path
-) -> ModeReport:
+def _langchain_run(data: BeirSet, embedder: ProfiledEmbedder, vectors: np.ndarray, work_dir: Path) -> ModeReport:
     # Imported here: langchain-milvus is only needed by this mode.
     from evaluation.langchain_baseline import LangChainBaseline
 

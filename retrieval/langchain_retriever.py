@@ -16,13 +16,13 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
+from core.protocols import Embedder
 from core.types import SearchFilter, SearchMode
-from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.pipeline import QueryPipeline
 
 
 class KbEmbeddings(Embeddings):
-    def __init__(self, embedder: SentenceTransformerEmbedder) -> None:
+    def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

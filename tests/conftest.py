@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.embed_server import EmbedServer, running_embed_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -50,6 +53,14 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbedServer]:
+    """The OpenAI-compatible test embeddings server (tests/embed_server.py, MiniLM) as a real process, shared
+    by the Embedder contract run and the OpenAIEmbedder tests; stopped at the end of the session."""
+    with running_embed_server(tmp_path_factory.mktemp("embed-server") / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,11 @@
-"""The Embedder contract, run against FakeEmbedder and SentenceTransformerEmbedder (the bundled
-all-MiniLM-L6-v2, loaded offline)."""
+"""The Embedder contract, run against FakeEmbedder, SentenceTransformerEmbedder (the bundled
+all-MiniLM-L6-v2, loaded offline) and OpenAIEmbedder (the same model behind a real OpenAI-compatible server
+process, tests/embed_server.py, which does not normalise its vectors)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,13 +18,28 @@ ANSWER = "Employees get 20 days of paid annual leave per year."
 UNRELATED = "Reset a forgotten VPN password in the self-service portal."
 
 
-@pytest.fixture(scope="module", params=["fake", pytest.param("minilm", marks=pytest.mark.integration)])
-def embedder(request: pytest.FixtureRequest) -> Embedder:
+@pytest.fixture(
+    scope="module",
+    params=[
+        "fake",
+        pytest.param("minilm", marks=pytest.mark.integration),
+        pytest.param("openai-server", marks=pytest.mark.integration),
+    ],
+)
+def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
     if request.param == "fake":
-        return FakeEmbedder()
-    from retrieval.embedder import SentenceTransformerEmbedder
+        yield FakeEmbedder()
+    elif request.param == "minilm":
+        from retrieval.embedder import SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+        yield SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    else:
+        from retrieval.openai_embedder import OpenAIEmbedder
+
+        server = request.getfixturevalue("embed_server")
+        remote = OpenAIEmbedder(base_url=server.base_url, model="sentence-transformers/all-MiniLM-L6-v2", batch_size=4)
+        yield remote
+        remote.close()
 
 
 def _cos(a: list[float], b: list[float]) -> float:

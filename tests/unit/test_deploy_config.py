@@ -19,7 +19,7 @@ def compose() -> dict[str, dict[str, dict[str, object]]]:
 
 def test_services_are_wired_together() -> None:
     services = compose()["services"]
-    assert {"milvus", "vllm", "postgres", "kb"} <= set(services)
+    assert {"milvus", "vllm", "embed", "postgres", "kb"} <= set(services)
     for name, service in services.items():
         for dep in service.get("depends_on", []):  # type: ignore[union-attr]
             assert dep in services, f"{name} depends on unknown service {dep}"
@@ -37,6 +37,7 @@ def test_kb_environment_names_real_settings(monkeypatch: pytest.MonkeyPatch, tmp
     assert s.milvus.uri == "http://milvus:19530"
     assert s.llm_base_url == "http://vllm:8000/v1"
     assert s.embedding.model == "BAAI/bge-m3"
+    assert s.embedding.base_url == "http://embed:80/v1"
     assert s.reranker.model == "BAAI/bge-reranker-v2-m3"
     assert s.database_url.startswith("postgresql+psycopg://kb:pw@postgres")
     assert s.home == Path("/var/lib/kb")

@@ -69,3 +69,15 @@ def test_config_show_rejects_bad_settings_with_a_message(monkeypatch: pytest.Mon
     result = CliRunner().invoke(cli, ["config", "show"])
     assert result.exit_code == 2
     assert "invalid settings" in result.output
+
+
+def test_config_show_masks_the_embedding_servers_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KB_EMBEDDING__BASE_URL", "http://embed:8080/v1")
+    monkeypatch.setenv("KB_EMBEDDING__API_KEY", "sk-embed-secret")
+    result = CliRunner().invoke(cli, ["config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert "sk-embed-secret" not in result.stdout
+    assert data["embedding"]["api_key"] == "***"
+    assert data["embedding"]["base_url"] == "http://embed:8080/v1"
