@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from openai import APIConnectionError, APIError, APIStatusError, APITimeoutError, OpenAI, Timeout
+from openai import APIConnectionError, APIError, APIStatusError, OpenAI, Timeout
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -23,6 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from core.openai_errors import is_connection_error
 from core.protocols import EmbedderUnavailable
 from core.text import is_wide
 from core.types import TextKind
@@ -32,12 +33,6 @@ log = logging.getLogger(__name__)
 
 # Embedded once at start-up to learn the vector size the collection must have.
 _PROBE = "dimension probe"
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    # As in the generator: a refused or dropped connection is worth another try (the embedding service
-    # restarting, a pod rescheduled); a timeout is not, it would multiply the configured wait.
-    return isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
 
 
 def estimate_tokens(text: str) -> int:
@@ -171,7 +166,7 @@ class OpenAIEmbedder:
 
     def _embed_batch(self, inputs: list[str]) -> list[list[float]]:
         retrying = Retrying(
-            retry=retry_if_exception(_is_connection_error),
+            retry=retry_if_exception(is_connection_error),
             stop=stop_after_attempt(self._retries + 1) | stop_after_delay(self._timeout_s),
             wait=wait_exponential(multiplier=self._backoff_s, max=4.0),
             before_sleep=before_sleep_log(log, logging.WARNING),

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
-from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI, AsyncStream, Timeout
+from openai import APIConnectionError, APIStatusError, AsyncOpenAI, AsyncStream, Timeout
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
@@ -17,16 +17,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from core.openai_errors import is_connection_error
 from core.protocols import GeneratorUnavailable
 from core.types import ChatMessage, GenerationDelta, GenerationResult, Usage
 
 log = logging.getLogger(__name__)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    # A refused or dropped connection is worth another try (a server restarting, a pod rescheduled); a
-    # timeout is not: retrying it would multiply the wait past the timeout the caller configured.
-    return isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError)
 
 
 class OpenAIGenerator:
@@ -60,7 +55,7 @@ class OpenAIGenerator:
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
-            retry=retry_if_exception(_is_connection_error),
+            retry=retry_if_exception(is_connection_error),
             stop=stop_after_attempt(self._retries + 1) | stop_after_delay(self._timeout_s),
             wait=wait_exponential(multiplier=self._backoff_s, max=4.0),
             before_sleep=before_sleep_log(log, logging.WARNING),
