@@ -103,6 +103,22 @@ class Versions:
         `grace_s` overrides the configured grace (0: everything retired, e.g. to reclaim space now).
         Returns how many versions were purged."""
         due = self._due(self._registry.retired(kb), self.purge_grace_s if grace_s is None else grace_s)
+        self._purge(due)
+        return len(due)
+
+    def purge_scheduled(self) -> float | None:
+        """What a worker's poll does: purge what is due everywhere, and say in how many seconds the next
+        retired version comes due (None when nothing waits), from one read of the registry."""
+        retired = self._registry.retired()
+        due = self._due(retired, self.purge_grace_s)
+        self._purge(due)
+        return self._next_in([r for r in retired if r not in due])
+
+    def next_purge_in(self, kb: str | None = None) -> float | None:
+        """Seconds until the next retired version is due (0: due now); None when nothing waits."""
+        return self._next_in(self._registry.retired(kb))
+
+    def _purge(self, due: list[RetiredVersion]) -> None:
         by_kb: dict[str, list[VersionRef]] = {}
         for retired in due:
             by_kb.setdefault(retired.kb, []).append(retired.ref)
@@ -112,11 +128,8 @@ class Versions:
             self._store.flush(name)
             self._registry.mark_purged(name, refs)
             log.info("purged %d retired versions from %s", len(refs), name)
-        return len(due)
 
-    def next_purge_in(self, kb: str | None = None) -> float | None:
-        """Seconds until the next retired version is due (0: due now); None when nothing waits."""
-        retired = self._registry.retired(kb)
+    def _next_in(self, retired: list[RetiredVersion]) -> float | None:
         if not retired:
             return None
         first = retired[0].retired_at  # oldest first

@@ -85,8 +85,7 @@ class JobWorker:
     def purge_due(self) -> float | None:
         """Purge what is due in every knowledge base; seconds until the next purge (None: nothing waits)."""
         try:
-            self._versions.purge()
-            return self._versions.next_purge_in()
+            return self._versions.purge_scheduled()
         except Exception:  # a store that is down now is retried at the next poll
             log.warning("purging retired versions failed", exc_info=True)
             return None

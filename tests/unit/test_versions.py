@@ -133,3 +133,23 @@ def test_rollback_job_rolls_back_what_a_dead_worker_left(registry: Registry, tmp
     assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)]
     assert {v.status for n in ("a.md", "b.md") for v in registry.versions("kb", n)} == {"interrupted"}
     assert versions.rollback_job("kb", "job7", error="again") == []
+
+
+def test_a_scheduled_purge_removes_what_is_due_and_says_when_the_rest_comes_due(
+    registry: Registry, tmp_path: Path
+) -> None:
+    store, clock = Store(), Clock()
+    versions = Versions(registry, store, purge_grace_s=30, clock=clock)  # type: ignore[arg-type]
+    assert versions.purge_scheduled() is None  # nothing retired, nothing to wait for
+    new_version(versions, tmp_path / "a.md", "one")
+    new_version(versions, tmp_path / "a.md", "two")  # retires a.md v1
+    new_version(versions, tmp_path / "b.md", "one")
+    assert registry.mark_deleted("kb", "b.md")  # retires b.md v1
+
+    clock.offset = timedelta(seconds=10)
+    wait = versions.purge_scheduled()
+    assert store.deleted == [] and wait is not None and 15 < wait <= 20
+    clock.offset = timedelta(seconds=31)
+    assert versions.purge_scheduled() is None  # both were due: nothing left to wait for
+    assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)] and store.flushed == ["kb"]
+    assert registry.hidden_versions("kb") == []
