@@ -24,6 +24,12 @@ class EmbeddingProfile:
     passage_prefix: str
     languages: frozenset[str]
 
+    def understands(self, language: str) -> bool:
+        return ANY_LANGUAGE in self.languages or language in self.languages
+
+    def prefix(self, kind: TextKind) -> str:
+        return self.query_prefix if kind == "query" else self.passage_prefix
+
 
 PROFILES: dict[str, EmbeddingProfile] = {
     # all-MiniLM-L6-v2 and similar English sentence models: most Chinese characters are [UNK] to them.
@@ -127,12 +133,12 @@ class SentenceTransformerEmbedder:
         return int(self._model.max_seq_length)
 
     def understands(self, language: str) -> bool:
-        return ANY_LANGUAGE in self.languages or language in self.languages
+        return self.profile.understands(language)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]:
         if not texts:
             return []
-        prefix = self.profile.query_prefix if kind == "query" else self.profile.passage_prefix
+        prefix = self.profile.prefix(kind)
         # The Hugging Face fast tokenizer keeps padding/truncation state on the shared object; the API's
         # query threads and the ingest worker embedding at once corrupt each other's batches without this.
         with self._lock:

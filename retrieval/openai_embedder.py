@@ -27,7 +27,7 @@ from core.openai_errors import is_connection_error
 from core.protocols import EmbedderUnavailable
 from core.text import is_wide
 from core.types import TextKind
-from retrieval.embedder import ANY_LANGUAGE, PROFILES, infer_profile, resolve_model_location
+from retrieval.embedder import PROFILES, infer_profile, resolve_model_location
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,12 @@ class OpenAIEmbedder:
         return self._max_seq_length
 
     def understands(self, language: str) -> bool:
-        return ANY_LANGUAGE in self.languages or language in self.languages
+        return self.profile.understands(language)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]:
         if not texts:
             return []
-        prefix = self.profile.query_prefix if kind == "query" else self.profile.passage_prefix
+        prefix = self.profile.prefix(kind)
         # OpenAI rejects an empty string as input; a single space tokenizes to nothing in subword
         # tokenizers, so it embeds what the empty text would.
         inputs = [(prefix + t) or " " for t in texts]
