@@ -16,14 +16,9 @@ from typing import Any
 from openai import APIConnectionError, APIError, APIStatusError, OpenAI, Timeout
 from tenacity import (
     Retrying,
-    before_sleep_log,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
 )
 
-from core.openai_errors import is_connection_error
+from core.openai_retry import retry_policy
 from core.protocols import EmbedderUnavailable
 from core.text import is_wide
 from core.types import TextKind
@@ -166,11 +161,7 @@ class OpenAIEmbedder:
 
     def _embed_batch(self, inputs: list[str]) -> list[list[float]]:
         retrying = Retrying(
-            retry=retry_if_exception(is_connection_error),
-            stop=stop_after_attempt(self._retries + 1) | stop_after_delay(self._timeout_s),
-            wait=wait_exponential(multiplier=self._backoff_s, max=4.0),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
+            **retry_policy(retries=self._retries, timeout_s=self._timeout_s, backoff_s=self._backoff_s, log=log)
         )
         try:
             # encoding_format="float": the SDK would otherwise ask for base64, which not every

@@ -10,14 +10,9 @@ from openai import APIConnectionError, APIStatusError, AsyncOpenAI, AsyncStream,
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
-    before_sleep_log,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
 )
 
-from core.openai_errors import is_connection_error
+from core.openai_retry import retry_policy
 from core.protocols import GeneratorUnavailable
 from core.types import ChatMessage, GenerationDelta, GenerationResult, Usage
 
@@ -55,11 +50,7 @@ class OpenAIGenerator:
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
-            retry=retry_if_exception(is_connection_error),
-            stop=stop_after_attempt(self._retries + 1) | stop_after_delay(self._timeout_s),
-            wait=wait_exponential(multiplier=self._backoff_s, max=4.0),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
+            **retry_policy(retries=self._retries, timeout_s=self._timeout_s, backoff_s=self._backoff_s, log=log)
         )
 
     @staticmethod
