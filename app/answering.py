@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from anyio import to_thread
 
 from core.protocols import Generator, GeneratorUnavailable
-from core.types import Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
+from core.types import Access, Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
 from retrieval.condense import Condenser, fallback_query
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Question:
     text: str
+    # Whose question it is: no default, so a handler that forgets the caller cannot ask at all.
+    access: Access
     kb: str = "default"
     top_k: int | None = None
     mode: SearchMode | None = None
     history: Sequence[ChatMessage] = ()
-    acl_groups: Sequence[str] | None = None
 
 
 class AnswerService:
@@ -44,7 +45,7 @@ class AnswerService:
         self._top_k = top_k
 
     async def retrieve(self, question: Question) -> Retrieval:
-        flt = SearchFilter(acl_groups=list(question.acl_groups) if question.acl_groups is not None else None)
+        flt = SearchFilter(access=question.access)
         query, condense_ms = fallback_query(question.text, question.history), None
         if self._condenser is not None and question.history:
             t = time.perf_counter()

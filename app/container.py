@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from app.answering import AnswerService
+from app.auth.keys import KeyStore
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
@@ -86,6 +87,10 @@ class Container:
     @cached_property
     def registry(self) -> Registry:
         return Registry(self.settings.database_url)
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.registry.engine)
 
     @cached_property
     def ingest(self) -> IngestPipeline:
@@ -195,5 +200,5 @@ class Container:
 
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
-        _ = self.embedder, self.store, self.reranker, self.registry, self.ingest, self.query, self.answers
+        _ = self.embedder, self.store, self.reranker, self.registry, self.keys, self.ingest, self.query, self.answers
         self.embedder.embed(["warm-up"], "query")

@@ -18,14 +18,54 @@ class KBError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class InvalidRequest(KBError):
     status_code = 400
     code = "invalid_request"
+
+
+class Unauthorized(KBError):
+    """No key, or one that is malformed, unknown, expired or revoked: the same answer for each."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str = "a valid API key is required (Authorization: Bearer KEY)") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(KBError):
+    status_code = 403
+    code = "forbidden"
+
+
+class PayloadTooLarge(KBError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(KBError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class Overloaded(KBError):
+    """Too many answers in flight in this process: come back shortly rather than queue without bound."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
 class NotFound(KBError):
@@ -49,7 +89,9 @@ def _request_id(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KBError)
     async def _kb_error(request: Request, exc: KBError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code)
+        return JSONResponse(
+            error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -61,7 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail), _request_id(request)), status_code=exc.status_code)
+        # Starlette puts the `Allow` header of a 405 on the exception; it must reach the client.
+        return JSONResponse(
+            error_body(code, str(exc.detail), _request_id(request)), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(EmbedderUnavailable)
     async def _embedder_down(request: Request, exc: EmbedderUnavailable) -> JSONResponse:

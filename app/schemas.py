@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, Field, field_validator
 
+from core.names import KB_NAME_PATTERN
 from core.types import Answer, ChatMessage, Citation, SearchMode
 from retrieval.pipeline import Retrieval
-
-KB_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 class RetrievalScope(BaseModel):
     """Where and how to search: shared by every request that retrieves."""
 
-    kb: str = "default"
+    # Declared as a pattern (not only checked) so that the OpenAPI schema tells clients the rule.
+    kb: str = Field("default", pattern=KB_NAME_PATTERN, description="1-64 letters, digits or underscores")
     top_k: int | None = Field(None, ge=1, le=50)
     mode: SearchMode | None = None
-
-    @field_validator("kb")
-    @classmethod
-    def _check_kb(cls, value: str) -> str:
-        if not KB_NAME.match(value):
-            raise ValueError("kb must be 1-64 letters, digits or underscores")
-        return value
 
 
 class AskRequest(RetrievalScope):

@@ -152,13 +152,57 @@ class DatabaseSettings(BaseModel):
 
 
 class SecuritySettings(BaseModel):
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    # Caller identity -> ACL groups. Keys are the SHA-256 hex digests of API keys (so that the settings
-    # hold no secrets); a request presenting that key (Authorization: Bearer or X-API-Key) reads
-    # documents of these groups plus public ones.
-    key_groups: dict[str, list[str]] = Field(default_factory=dict)
-    # Groups of callers without a known key; empty means public documents only.
-    anonymous_groups: list[str] = Field(default_factory=list)
+    # Requests without a key are refused (401) unless this is on; then they may only ask and search, and
+    # read only documents in the `public` group, of the knowledge bases listed in anonymous_kbs.
+    anonymous_access: bool = False
+    anonymous_kbs: list[str] = Field(default_factory=lambda: ["default"])
+    # The first `kb up` / `kb serve` on a database without keys creates an admin key and prints it once.
+    bootstrap_admin_key: bool = True
+    # Groups a new knowledge base gives documents uploaded without groups (each knowledge base keeps its
+    # own list; `kb kb create --default-groups`). Empty: such documents are readable by admins only.
+    default_groups: list[str] = Field(default_factory=list)
+    # The audit log records each question as its text, or only as a SHA-256 hash of it.
+    audit_questions: Literal["text", "hash"] = "text"
+    # Questions containing one of these terms (case-insensitive) are refused and audited; answers
+    # containing one are withheld. A file adds one term per line.
+    sensitive_terms: list[str] = Field(default_factory=list)
+    sensitive_terms_file: Path | None = None
+
+
+class RoleRate(BaseModel):
+    """A token bucket per key: `requests` per minute, and `tokens` model tokens (in + out) per minute."""
+
+    requests_per_minute: int = Field(60, ge=1)
+    tokens_per_minute: int = Field(200_000, ge=1)
+
+
+class RateLimitSettings(BaseModel):
+    enabled: bool = True
+    admin: RoleRate = RoleRate(requests_per_minute=600, tokens_per_minute=2_000_000)
+    editor: RoleRate = RoleRate(requests_per_minute=300, tokens_per_minute=500_000)
+    employee: RoleRate = RoleRate(requests_per_minute=60, tokens_per_minute=200_000)
+    service: RoleRate = RoleRate(requests_per_minute=600, tokens_per_minute=2_000_000)
+    anonymous: RoleRate = RoleRate(requests_per_minute=20, tokens_per_minute=50_000)
+
+
+class RequestLimitSettings(BaseModel):
+    # Checked from Content-Length and while reading, before any parsing.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_question_chars: int = Field(4000, ge=1)
+    max_history_messages: int = Field(20, ge=0)
+    max_message_chars: int = Field(4000, ge=1)
+    max_upload_mb: int = Field(100, ge=1)
+    max_upload_files: int = Field(100, ge=1)
+    # Answers being produced at once in one API process; beyond it callers get 503 with Retry-After.
+    answers_in_flight: int = Field(32, ge=1)
+    # Every Milvus and database call gives up after this long.
+    milvus_timeout_s: float = Field(30.0, gt=0)
+    database_timeout_s: float = Field(30.0, gt=0)
+
+
+class RedisSettings(BaseModel):
+    # Empty: rate limits are kept in each API process. Set (redis://host:6379/0) to share them.
+    url: SecretStr = SecretStr("")
 
 
 class Settings(BaseSettings):
@@ -183,6 +227,9 @@ class Settings(BaseSettings):
     api: APISettings = APISettings()
     database: DatabaseSettings = DatabaseSettings()
     security: SecuritySettings = SecuritySettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    limits: RequestLimitSettings = RequestLimitSettings()
+    redis: RedisSettings = RedisSettings()
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from app.container import Container, lite_layout
 from app.settings import Settings
+from core.types import PUBLIC_GROUP
 from retrieval.milvus_connect import running_lite_uri, start_lite_server
 from serving.launcher import LLMServer, LLMServerConfig
 from serving.models import prepare_default_llm
@@ -95,7 +96,8 @@ class EmbeddedStack:
         demo = self._settings.ingest.demo_dir
         if not container.registry.documents("default") and demo.is_dir():
             self._say(f"first start: ingesting demo documents from {demo}")
-            container.ingest.ingest_paths([demo], kb="default")
+            # The demo is company-wide reading: every key sees it.
+            container.ingest.ingest_paths([demo], kb="default", acl_groups=[PUBLIC_GROUP])
 
     def close(self) -> None:
         if self._llm is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 TextKind = Literal["query", "passage"]
 SearchMode = Literal["dense", "bm25", "hybrid"]
@@ -40,14 +41,47 @@ class ScoredChunk(BaseModel):
     score_kind: Literal["cosine", "bm25", "rrf", "weighted", "rerank"] = "cosine"
 
 
+PUBLIC_GROUP = "public"
+"""The group of documents every signed-in caller may read (and anonymous callers, when that is on)."""
+
+
+class Access(BaseModel):
+    """Which documents a caller may read: a required value on every path that returns content.
+
+    There is no default and no `None`: code that forgets to pass the caller's access does not type-check
+    and does not construct. `everything()` is for trusted local code only (the CLI acting as admin,
+    evaluation, the ingestion pipeline); request handlers build `groups(...)` from the caller's key.
+    A chunk is readable when its document shares a group with the caller or is in PUBLIC_GROUP; a chunk
+    with no groups is readable by nobody but `everything()`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    unrestricted: bool
+    member_of: tuple[str, ...] = ()
+
+    @classmethod
+    def groups(cls, groups: Iterable[str]) -> Access:
+        return cls(unrestricted=False, member_of=tuple(dict.fromkeys([*groups, PUBLIC_GROUP])))
+
+    @classmethod
+    def public_only(cls) -> Access:
+        return cls(unrestricted=False, member_of=(PUBLIC_GROUP,))
+
+    @classmethod
+    def everything(cls) -> Access:
+        return cls(unrestricted=True)
+
+    def can_read(self, acl_groups: Iterable[str]) -> bool:
+        return self.unrestricted or not set(self.member_of).isdisjoint(acl_groups)
+
+
 class SearchFilter(BaseModel):
     """Typed filter values; the store alone turns them into a Milvus expression."""
 
+    access: Access
     doc_ids: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
-    # None means no ACL restriction (trusted internal caller); a list restricts to chunks readable by
-    # any of these groups or by everyone (empty acl_groups on the chunk).
-    acl_groups: list[str] | None = None
     # (doc_id, version) pairs the registry says readers must not see: versions being indexed, or retired
     # ones whose chunks are not purged yet.
     hidden_versions: list[tuple[str, int]] = Field(default_factory=list)

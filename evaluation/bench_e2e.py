@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from app.answering import Question
 from app.container import Container
 from app.settings import Settings
+from evaluation.access import EVERYTHING
 from evaluation.datasets import QuestionFile
 from evaluation.e2e_clients import Prompt, Sample, kb_asker, run_level, vllm_asker
 from evaluation.metrics import percentile
@@ -145,7 +146,7 @@ def _prompts(settings: Settings, questions: QuestionFile, kb: str, requests: int
     service = Container(settings).answers
     prompts: list[Prompt] = []
     for text in questions.spread(requests * 3):
-        messages, pattern = asyncio.run(service.prompt(Question(text=text, kb=kb)))
+        messages, pattern = asyncio.run(service.prompt(Question(text=text, access=EVERYTHING.access, kb=kb)))
         if messages:  # a question kb refuses never reaches the model: nothing to compare
             prompts.append(Prompt(question=text, messages=messages, pattern=pattern))
         if len(prompts) == requests:

@@ -17,6 +17,7 @@ import numpy as np
 
 from app.settings import Settings
 from core.types import Chunk
+from evaluation.access import EVERYTHING
 from evaluation.bare_calls import BareHybridSearch
 from evaluation.datasets import BeirSet
 from evaluation.langchain_baseline import LangChainBaseline
@@ -164,10 +165,10 @@ class _Timer:
         search_ms: list[float] = []
         lc_ms: list[float] = []
         for q in texts[:5]:  # warm caches and connections
-            self.pipeline.candidates(q, kb=BENCH_KB, limit=self.limit, mode="hybrid", rerank=False)
+            self.pipeline.candidates(q, flt=EVERYTHING, kb=BENCH_KB, limit=self.limit, mode="hybrid", rerank=False)
         for q in texts:
             t = time.perf_counter()
-            self.pipeline.candidates(q, kb=BENCH_KB, limit=self.limit, mode="hybrid", rerank=False)
+            self.pipeline.candidates(q, flt=EVERYTHING, kb=BENCH_KB, limit=self.limit, mode="hybrid", rerank=False)
             kb_ms.append((time.perf_counter() - t) * 1000)
 
             t = time.perf_counter()

@@ -14,6 +14,7 @@ import httpx
 from app.answering import AnswerService, Question
 from app.settings import Settings
 from core.types import SearchMode
+from evaluation.access import EVERYTHING
 from evaluation.datasets import QAItem, QASet
 from evaluation.metrics import exact_match, f1_score, mean, percentile
 from evaluation.scratch import scratch_container
@@ -105,7 +106,7 @@ def _document_hits(
     modes: dict[str, int] = {}
     for item in items:
         t = time.perf_counter()
-        found = query.candidates(item.question, kb=QA_KB, limit=5, mode=mode)
+        found = query.candidates(item.question, flt=EVERYTHING, kb=QA_KB, limit=5, mode=mode)
         ms.append((time.perf_counter() - t) * 1000)
         modes[found.mode] = modes.get(found.mode, 0) + 1
         docs_found = [Path(h.chunk.doc_id).name for h in found.hits[:5]]
@@ -169,7 +170,7 @@ async def _score_answers(report: QAReport, items: Sequence[QAItem], answers: Ans
     false_refusals: list[float] = []
     cited = cited_right = 0
     for item in items:
-        answer = await answers.ask(Question(text=item.question, kb=QA_KB))
+        answer = await answers.ask(Question(text=item.question, access=EVERYTHING.access, kb=QA_KB))
         if answer.degraded:
             report.llm = f"model failed during the run: {answer.message}"
             continue

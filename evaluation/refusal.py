@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.container import Container
 from app.settings import Settings
+from evaluation.access import EVERYTHING
 from evaluation.datasets import DatasetError, QuestionFile, majority_language, packaged_ood
 from retrieval.relevance import lexical_coverage
 
@@ -220,7 +221,7 @@ def evaluate_refusal(
     pipeline, top_k = container.query, settings.retrieval.top_k
 
     def score(question: str, answerable: bool) -> Scored:
-        found = pipeline.candidates(question, kb=kb, limit=max(top_k, settings.retrieval.candidates))
+        found = pipeline.candidates(question, flt=EVERYTHING, kb=kb, limit=max(top_k, settings.retrieval.candidates))
         relevance = pipeline.relevance(kb, question, found, top_k)
         lexical = lexical_coverage(question, [h.chunk.text for h in found.hits[:top_k]])
         return Scored(question, answerable, relevance.kind, relevance.value, lexical)

@@ -14,6 +14,7 @@ import numpy as np
 
 from app.settings import Settings
 from core.types import Chunk, SearchMode
+from evaluation.access import EVERYTHING
 from evaluation.datasets import BeirDoc, BeirSet
 from evaluation.metrics import mrr_at, ndcg_at, percentile, recall_at
 from evaluation.scratch import scratch_container
@@ -215,7 +216,7 @@ def _pipeline_run(data: BeirSet, pipeline: QueryPipeline, mode: EvalMode) -> Mod
     answered: set[str] = set()
 
     def search(query: str) -> list[str]:
-        found = pipeline.candidates(query, kb=EVAL_KB, limit=100, mode=search_mode, rerank=rerank)
+        found = pipeline.candidates(query, flt=EVERYTHING, kb=EVAL_KB, limit=100, mode=search_mode, rerank=rerank)
         answered.add(found.mode)  # language-aware fusion may answer with another mode
         return [h.chunk.doc_id for h in found.hits]
 

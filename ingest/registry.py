@@ -42,6 +42,30 @@ class Base(DeclarativeBase):
     pass
 
 
+class KnowledgeBaseRow(Base):
+    """A knowledge base: an access boundary (keys are granted knowledge bases by name), with the groups
+    its documents get when they are uploaded without any."""
+
+    __tablename__ = "knowledge_bases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    name: str
+    description: str
+    default_groups: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: KnowledgeBaseRow) -> KnowledgeBase:
+        return cls(row.name, row.description, list(row.default_groups), as_utc(row.created_at))
+
+
 class DocumentRow(Base):
     __tablename__ = "documents"
 
@@ -194,9 +218,54 @@ class Registry:
             ).all()
         return [VersionRef(d, v) for d, v in rows]
 
-    def knowledge_bases(self) -> list[str]:
+    def knowledge_bases(self) -> list[KnowledgeBase]:
         with self._sessions() as session:
-            return list(session.scalars(select(DocumentRow.kb).distinct()))
+            rows = session.scalars(select(KnowledgeBaseRow).order_by(KnowledgeBaseRow.name))
+            return [KnowledgeBase.of(r) for r in rows]
+
+    def knowledge_base(self, name: str) -> KnowledgeBase | None:
+        with self._sessions() as session:
+            row = session.get(KnowledgeBaseRow, name)
+            return KnowledgeBase.of(row) if row is not None else None
+
+    # -- knowledge bases --------------------------------------------------------------------------
+    def create_knowledge_base(
+        self, name: str, *, description: str = "", default_groups: list[str] | None = None
+    ) -> tuple[KnowledgeBase, bool]:
+        """The knowledge base `name`, and whether this call created it (an existing one is left as is)."""
+        with self.session() as session:
+            row = session.get(KnowledgeBaseRow, name)
+            created = row is None
+            if row is None:
+                row = KnowledgeBaseRow(
+                    name=name, description=description, default_groups=list(default_groups or []), created_at=now()
+                )
+                session.add(row)
+            return KnowledgeBase.of(row), created
+
+    def update_knowledge_base(
+        self, name: str, *, description: str | None = None, default_groups: list[str] | None = None
+    ) -> KnowledgeBase | None:
+        with self.session() as session:
+            row = session.get(KnowledgeBaseRow, name)
+            if row is None:
+                return None
+            if description is not None:
+                row.description = description
+            if default_groups is not None:
+                row.default_groups = list(default_groups)
+            return KnowledgeBase.of(row)
+
+    def delete_knowledge_base(self, name: str) -> bool:
+        """Forget the knowledge base and its documents (the caller drops its collection)."""
+        with self.session() as session:
+            row = session.get(KnowledgeBaseRow, name)
+            if row is None:
+                return False
+            for doc in session.scalars(select(DocumentRow).where(DocumentRow.kb == name)):
+                session.delete(doc)
+            session.delete(row)
+            return True
 
     # -- writes -----------------------------------------------------------------------------------
     def begin_version(

@@ -17,7 +17,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from core.protocols import Embedder
-from core.types import SearchFilter, SearchMode
+from core.types import Access, SearchFilter, SearchMode
 from retrieval.pipeline import QueryPipeline
 
 
@@ -38,15 +38,16 @@ class KbRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     pipeline: QueryPipeline
+    # The caller's access, set by the code that knows the caller, never from the query. Required: a
+    # retriever built without it does not validate.
+    access: Access
     kb: str = "default"
     top_k: int = 5
     mode: SearchMode | None = None
-    # Set by the code that knows the caller (app/security.py), never from the query.
-    acl_groups: list[str] | None = None
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         r = self.pipeline.search(
-            query, kb=self.kb, top_k=self.top_k, mode=self.mode, flt=SearchFilter(acl_groups=self.acl_groups)
+            query, kb=self.kb, top_k=self.top_k, mode=self.mode, flt=SearchFilter(access=self.access)
         )
         return [_document(s.index, s.text, s.hit.chunk.model_dump(), s.hit.score, s.hit.score_kind) for s in r.sources]
 

@@ -87,8 +87,8 @@ class QueryPipeline:
         return requested
 
     def candidates(
-        self, question: str, *, kb: str = "default", limit: int | None = None,
-        mode: SearchMode | None = None, flt: SearchFilter | None = None, rerank: bool = True,
+        self, question: str, *, flt: SearchFilter, kb: str = "default", limit: int | None = None,
+        mode: SearchMode | None = None, rerank: bool = True,
     ) -> Candidates:  # fmt: skip
         """Embed, search and (when a reranker is loaded and `rerank`) rerank: the ranked hits."""
         timings: dict[str, float] = {}
@@ -101,7 +101,6 @@ class QueryPipeline:
             vector = self._embedder.embed([question], "query")[0]
             timings["embed_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        flt = flt or SearchFilter()
         if self._hidden_versions is not None:
             flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
         hits = self._store.search(kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt)
@@ -130,9 +129,10 @@ class QueryPipeline:
         return Relevance("lexical", lexical_coverage(question, [h.chunk.text for h in hits]))
 
     def search(
-        self, question: str, *, kb: str = "default", top_k: int = 5,
-        mode: SearchMode | None = None, flt: SearchFilter | None = None,
+        self, question: str, *, flt: SearchFilter, kb: str = "default", top_k: int = 5,
+        mode: SearchMode | None = None,
     ) -> Retrieval:  # fmt: skip
+        """`flt.access` is the caller's: there is no default, so forgetting it is an error, not "everyone"."""
         found = self.candidates(question, kb=kb, limit=max(top_k, self._candidates), mode=mode, flt=flt)
         timings = found.timings
         hits = found.hits[:top_k]

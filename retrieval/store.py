@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
 
 from core.text import english_stop_words
-from core.types import Chunk, ScoredChunk, SearchFilter, SearchMode
+from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ ScoreKind = Literal["cosine", "bm25", "rrf", "weighted"]
 
 class StoreError(RuntimeError):
     pass
+
+
+# The store's own maintenance (deleting and reading back a document's chunks) is not a caller's read.
+_ALL = SearchFilter(access=Access.everything())
 
 
 def analyzer_params(tokenizer: str, *, stop_words: bool) -> dict[str, Any]:
@@ -65,12 +69,11 @@ def build_filter(flt: SearchFilter, *, doc_id: str | None = None) -> str:
         parts.append(f"doc_id in [{', '.join(literal(d) for d in doc_ids)}]")
     if flt.tags:
         parts.append(f"array_contains_any(tags, [{', '.join(literal(t) for t in flt.tags)}])")
-    if flt.acl_groups is not None:
-        readable = "array_length(acl_groups) == 0"
-        if flt.acl_groups:
-            groups = ", ".join(literal(g) for g in flt.acl_groups)
-            readable = f"({readable} or array_contains_any(acl_groups, [{groups}]))"
-        parts.append(readable)
+    if not flt.access.unrestricted:
+        # Fail closed: a chunk without groups matches no caller's list, and a caller with no groups
+        # matches nothing (the list is never empty: Access always carries the public group).
+        groups = ", ".join(literal(g) for g in flt.access.member_of) or literal("")
+        parts.append(f"array_contains_any(acl_groups, [{groups}])")
     if flt.hidden_versions:
         hidden = " or ".join(f"(doc_id == {literal(d)} and version == {int(v)})" for d, v in flt.hidden_versions)
         parts.append(f"not ({hidden})")
@@ -212,14 +215,17 @@ class MilvusStore:
 
     def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None:
         name = self.ensure_collection(kb)
-        expr = build_filter(SearchFilter(), doc_id=doc_id)
+        expr = build_filter(_ALL, doc_id=doc_id)
         if keep_version is not None:
             expr += f" and version != {int(keep_version)}"
         self._client.delete(name, filter=expr)
 
     def delete_version(self, kb: str, doc_id: str, version: int) -> None:
         name = self.ensure_collection(kb)
-        self._client.delete(name, filter=f"{build_filter(SearchFilter(), doc_id=doc_id)} and version == {int(version)}")
+        self._client.delete(
+            name,
+            filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
+        )
 
     def count(self, kb: str) -> int:
         name = self.ensure_collection(kb)
@@ -234,7 +240,10 @@ class MilvusStore:
             return []
         self.ensure_collection(kb)
         rows = self._client.query(
-            name, filter=build_filter(SearchFilter(), doc_id=doc_id), output_fields=_OUTPUT_FIELDS, limit=limit
+            name,
+            filter=build_filter(_ALL, doc_id=doc_id),
+            output_fields=_OUTPUT_FIELDS,
+            limit=limit,
         )
         chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
         return sorted(chunks, key=lambda c: (c.version, c.ordinal))

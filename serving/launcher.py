@@ -78,9 +78,17 @@ def build_command(cfg: LLMServerConfig, *, gpu: bool) -> list[str]:
         cmd += ["--enforce-eager"]
         if cfg.kv_cache_bytes:
             cmd += ["--kv-cache-memory-bytes", str(cfg.kv_cache_bytes)]
-    if cfg.api_key and cfg.api_key != "EMPTY":
-        cmd += ["--api-key", cfg.api_key]
     return cmd
+
+
+def server_env(cfg: LLMServerConfig, base: dict[str, str]) -> dict[str, str]:
+    """The model server's environment. Its API key goes here (vLLM reads VLLM_API_KEY), never on the
+    command line, where `ps` and the start-up log line would show it."""
+    env = dict(base, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(cfg.cache_root))
+    env.pop("VLLM_API_KEY", None)
+    if cfg.api_key and cfg.api_key != "EMPTY":
+        env["VLLM_API_KEY"] = cfg.api_key
+    return env
 
 
 class LLMServer:
@@ -107,7 +115,7 @@ class LLMServer:
             raise LaunchError(f"no Python with vLLM at {self.cfg.python}: run `make setup` (or set KB_LLM__PYTHON)")
         gpu = use_gpu(self.cfg.device)
         cmd = build_command(self.cfg, gpu=gpu)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(self.cfg.cache_root))
+        env = server_env(self.cfg, dict(os.environ))
         self.cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting vLLM (%s): %s (log %s)", "gpu" if gpu else "cpu", " ".join(cmd), self.cfg.log_path)
         with self.cfg.log_path.open("ab") as log_file:

@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
 from app.answering import Question
+from app.auth.deps import Asker
 from app.deps import ContainerDep
 from app.schemas import AskRequest
-from app.security import CallerGroups
 from core.types import Answer
 
 router = APIRouter(tags=["ask"])
@@ -25,9 +25,10 @@ _SSE_DOC = {
 
 
 @router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
-async def ask(body: AskRequest, container: ContainerDep, groups: CallerGroups) -> Answer | Response:
+async def ask(body: AskRequest, container: ContainerDep, caller: Asker) -> Answer | Response:
+    caller.require_kb(body.kb)
     question = Question(
-        text=body.question, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history, acl_groups=groups
+        text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history
     )
     if not body.stream:
         return await container.answers.ask(question)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.answering import Question
+from app.auth.deps import Searcher
 from app.deps import ContainerDep
 from app.schemas import SearchRequest, SearchResponse
-from app.security import CallerGroups
 
 router = APIRouter(tags=["search"])
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(body: SearchRequest, container: ContainerDep, groups: CallerGroups) -> SearchResponse:
+async def search(body: SearchRequest, container: ContainerDep, caller: Searcher) -> SearchResponse:
+    caller.require_kb(body.kb)
     retrieval = await container.answers.retrieve(
-        Question(text=body.query, kb=body.kb, top_k=body.top_k, mode=body.mode, acl_groups=groups)
+        Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)
     )
     return SearchResponse.from_retrieval(body.query, retrieval)

@@ -8,15 +8,28 @@ from typing import Annotated, Optional
 import typer
 
 from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
-from core.types import SearchMode
+from core.types import Access, SearchFilter, SearchMode
+
+# The CLI runs on the server's machine with its files, so it reads as admin unless told to read as a group.
+AsGroupsOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--as-groups", help="Read only what members of these groups (comma-separated) may read."),
+]
+
+
+def _access(as_groups: str | None) -> Access:
+    if as_groups is None:
+        return Access.everything()
+    return Access.groups(g.strip() for g in as_groups.split(",") if g.strip())
 
 
 @cli.command()
-def search(
+def search(  # noqa: PLR0917  (Typer options)
     query: str,
     kb: KbOpt = "default",
     top_k: Annotated[int, typer.Option(min=1, max=50)] = 5,
     mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid")] = None,  # noqa: UP045
+    as_groups: AsGroupsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the ranked chunks for a query, without calling the model."""
@@ -24,7 +37,9 @@ def search(
     from app.schemas import SearchResponse
 
     container = Container(load_settings())
-    r = container.query.search(query, kb=kb, top_k=top_k, mode=_search_mode(mode))
+    r = container.query.search(
+        query, flt=SearchFilter(access=_access(as_groups)), kb=kb, top_k=top_k, mode=_search_mode(mode)
+    )
     response = SearchResponse.from_retrieval(query, r)
     human = "\n\n".join(
         f"{h.rank}. [{h.score:.4f} {h.score_kind}] {h.title} ({h.doc_id}"
@@ -49,6 +64,7 @@ def ask(
     question: str,
     kb: KbOpt = "default",
     top_k: Annotated[Optional[int], typer.Option(min=1, max=50)] = None,  # noqa: UP045
+    as_groups: AsGroupsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from the knowledge base, with citations."""
@@ -58,7 +74,7 @@ def ask(
     if not question.strip():
         fail("the question is empty", 2)
     container = Container(load_settings())
-    answer = asyncio.run(container.answers.ask(Question(text=question, kb=kb, top_k=top_k)))
+    answer = asyncio.run(container.answers.ask(Question(text=question, access=_access(as_groups), kb=kb, top_k=top_k)))
     lines = [answer.answer, ""]
     if answer.degraded:
         lines.insert(0, f"[degraded] {answer.message}")

@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 def _run_api(settings: Settings, container: Container | None = None) -> None:
     import uvicorn
 
+    from app.container import Container
     from app.main import create_app
 
+    container = container or Container(settings)
+    _bootstrap(settings, container)
     app = create_app(settings, container)
     uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False)
 
@@ -95,6 +98,7 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
     try:
         with EmbeddedStack(settings, with_llm=not skip_llm, say=lambda line: typer.echo(line, err=True)) as stack:
             container = Container(settings)
+            _bootstrap(settings, container)
             stack.seed_demo(container)
             threading.Thread(target=_announce, args=(settings,), daemon=True).start()
             _run_api(settings, container)
@@ -102,6 +106,21 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
         fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+def _bootstrap(settings: Settings, container: Container) -> None:
+    from app.auth.bootstrap import ensure_default_kb, first_admin_key
+
+    ensure_default_kb(container.registry, settings)
+    new = first_admin_key(container.keys, settings)
+    if new is not None:
+        # Printed once: only its hash is stored, so this is the one chance to copy it.
+        typer.echo(
+            f"\nCreated the first admin key (shown once, store it now):\n\n    {new.secret}\n\n"
+            "Sign in to the UI with it, or send it as `Authorization: Bearer KEY`. "
+            "Create keys for people with `kb keys create`.\n",
+            err=True,
+        )
 
 
 def _announce(settings: Settings) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.launcher import LaunchError, LLMServerConfig, build_command, use_gpu
+from serving.launcher import LaunchError, LLMServerConfig, build_command, server_env, use_gpu
 
 
 def config(**kw: object) -> LLMServerConfig:
@@ -28,8 +28,14 @@ def test_gpu_flags_carry_tensor_parallelism_and_memory_share() -> None:
     cmd = build_command(config(api_key="s3cret"), gpu=True)
     assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
     assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.85"
-    assert cmd[cmd.index("--api-key") + 1] == "s3cret"
     assert "--enforce-eager" not in cmd
+
+
+def test_the_model_server_key_goes_by_environment_not_on_the_command_line() -> None:
+    cfg = config(api_key="s3cret")
+    assert not any("s3cret" in part for part in build_command(cfg, gpu=True))
+    assert server_env(cfg, {"PATH": "/bin"})["VLLM_API_KEY"] == "s3cret"
+    assert "VLLM_API_KEY" not in server_env(config(api_key="EMPTY"), {"VLLM_API_KEY": "inherited"})
 
 
 def test_device_setting_overrides_detection() -> None:
