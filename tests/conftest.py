@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from core.types import Access, SearchFilter
 from tests.embed_server import EmbedServer, running_embed_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+
+# Tests of retrieval itself read every document, and say so (there is no default access).
+ALL = Access.everything()
+EVERYTHING = SearchFilter(access=ALL)
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.protocols import VectorStore
-from core.types import Chunk, ScoredChunk, SearchFilter, SearchMode
+from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
 from retrieval.store import StoreError
 from tests.fakes import FakeEmbedder, FakeVectorStore
 
@@ -24,9 +24,10 @@ EMBEDDER = FakeEmbedder()
 ROWS = [
     ("leave.md", 1, 0, ["staff"], ["hr"], "Employees get 20 days of paid annual leave per year."),
     ("leave.md", 1, 1, ["staff"], ["hr"], "Unused annual leave can be carried over until March."),
-    ("vpn.md", 1, 0, [], ["it"], "Reset a forgotten VPN password in the self-service portal."),
-    ("vpn.md", 2, 0, [], ["it"], "VPN passwords expire after 90 days; reset them in the portal."),
+    ("vpn.md", 1, 0, ["public"], ["it"], "Reset a forgotten VPN password in the self-service portal."),
+    ("vpn.md", 2, 0, ["public"], ["it"], "VPN passwords expire after 90 days; reset them in the portal."),
     ("pay.md", 1, 0, ["finance"], ["pay"], "Salary payments are made on the 25th of each month."),
+    # No groups at all: readable by nobody but trusted code (Access.everything()).
     ("zh.md", 1, 0, [], ["hr"], "员工每年享有二十天带薪年假。"),
 ]
 CHUNKS = [
@@ -102,13 +103,15 @@ def find(store: VectorStore, query: str, mode: SearchMode, kb: str, limit: int, 
 
 def search(store: VectorStore, query: str, mode: SearchMode, *, kb: str = KB, limit: int = 10,
            **flt: object) -> list[ScoredChunk]:  # fmt: skip
-    return find(store, query, mode, kb, limit, SearchFilter.model_validate(flt))
+    return find(store, query, mode, kb, limit, _filter(flt))
+
+
+def _filter(flt: dict[str, object]) -> SearchFilter:
+    return SearchFilter.model_validate({"access": Access.everything(), **flt})
 
 
 def docs(store: VectorStore, query: str, mode: SearchMode, *, kb: str = KB, **flt: object) -> set[tuple[str, int]]:
-    return {
-        (h.chunk.doc_id, h.chunk.version) for h in find(store, query, mode, kb, 10, SearchFilter.model_validate(flt))
-    }
+    return {(h.chunk.doc_id, h.chunk.version) for h in find(store, query, mode, kb, 10, _filter(flt))}
 
 
 def chunk(doc_id: str, version: int, ordinal: int, text: str, **fields: object) -> Chunk:
@@ -173,27 +176,32 @@ def test_filters_restrict_by_document_tag_acl_and_hidden_version(store: VectorSt
     assert docs(store, EVERYTHING, mode, doc_ids=["pay.md", "zh.md"]) == {("pay.md", 1), ("zh.md", 1)}
     assert docs(store, EVERYTHING, mode, tags=["hr"]) == {("leave.md", 1), ("zh.md", 1)}
     assert docs(store, EVERYTHING, mode, tags=["pay", "it"]) == {("pay.md", 1), ("vpn.md", 1), ("vpn.md", 2)}
-    # None: no restriction; []: public chunks only; groups: public chunks and those of any of the groups.
-    assert docs(store, EVERYTHING, mode, acl_groups=None) == every
-    assert docs(store, EVERYTHING, mode, acl_groups=[]) == {("vpn.md", 1), ("vpn.md", 2), ("zh.md", 1)}
-    assert docs(store, EVERYTHING, mode, acl_groups=["finance"]) == {
-        ("vpn.md", 1), ("vpn.md", 2), ("zh.md", 1), ("pay.md", 1),
+    # Trusted code reads everything; a caller reads the public group and its own groups; a chunk with no
+    # groups (zh.md) reaches no caller at all.
+    assert docs(store, EVERYTHING, mode, access=Access.everything()) == every
+    assert docs(store, EVERYTHING, mode, access=Access.public_only()) == {("vpn.md", 1), ("vpn.md", 2)}
+    assert docs(store, EVERYTHING, mode, access=Access.groups(["finance"])) == {
+        ("vpn.md", 1), ("vpn.md", 2), ("pay.md", 1),
     }  # fmt: skip
-    assert docs(store, EVERYTHING, mode, acl_groups=["nobody", "staff"]) == every - {("pay.md", 1)}
+    assert docs(store, EVERYTHING, mode, access=Access.groups(["nobody", "staff"])) == every - {
+        ("pay.md", 1), ("zh.md", 1),
+    }  # fmt: skip
+    assert ("zh.md", 1) not in docs(store, EVERYTHING, mode, access=Access.groups(["staff", "finance", "public", ""]))
     assert docs(store, EVERYTHING, mode, hidden_versions=[("vpn.md", 1), ("leave.md", 2)]) == every - {("vpn.md", 1)}
     assert docs(store, EVERYTHING, mode, hidden_versions=[("vpn.md", 2), ("pay.md", 1)]) == every - {
         ("vpn.md", 2), ("pay.md", 1),
     }  # fmt: skip
     # Every field restricts at once.
-    both = docs(store, EVERYTHING, mode, tags=["it", "hr"], acl_groups=[], hidden_versions=[("vpn.md", 1)])
-    assert both == {("vpn.md", 2), ("zh.md", 1)}
+    both = docs(
+        store, EVERYTHING, mode, tags=["it", "hr"], access=Access.public_only(), hidden_versions=[("vpn.md", 1)]
+    )
+    assert both == {("vpn.md", 2)}
 
 
 def test_filter_values_are_data_not_syntax(store: VectorStore) -> None:
     assert docs(store, EVERYTHING, "hybrid", doc_ids=['x" or doc_id != "']) == set()
-    assert docs(store, EVERYTHING, "hybrid", acl_groups=['x"]) or true or array_contains_any(tags, ["']) == {
-        ("vpn.md", 1), ("vpn.md", 2), ("zh.md", 1),
-    }  # fmt: skip
+    evil = Access.groups(['x"]) or true or array_contains_any(tags, ["'])
+    assert docs(store, EVERYTHING, "hybrid", access=evil) == {("vpn.md", 1), ("vpn.md", 2)}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -205,12 +213,12 @@ def test_an_unknown_knowledge_base_has_no_hits(store: VectorStore, mode: SearchM
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])
 def test_vector_modes_need_a_vector(store: VectorStore, mode: SearchMode) -> None:
     with pytest.raises(ValueError, match="vector"):
-        store.search(KB, "annual leave", None, mode=mode, limit=5, flt=SearchFilter())
+        store.search(KB, "annual leave", None, mode=mode, limit=5, flt=SearchFilter(access=Access.everything()))
 
 
 def test_invalid_knowledge_base_names_are_refused(store: VectorStore) -> None:
     with pytest.raises(StoreError):
-        store.search("bad-name; drop", "x", None, mode="bm25", limit=5, flt=SearchFilter())
+        store.search("bad-name; drop", "x", None, mode="bm25", limit=5, flt=SearchFilter(access=Access.everything()))
     with pytest.raises(StoreError):
         store.upsert("../etc", CHUNKS[:1], VECTORS[:1])
 

@@ -41,8 +41,7 @@ def visible(chunk: Chunk, flt: SearchFilter) -> bool:
         return False
     if flt.tags and not set(chunk.tags) & set(flt.tags):
         return False
-    # None: no ACL restriction; a list: public chunks (no groups) or any group in common.
-    if flt.acl_groups is not None and chunk.acl_groups and not set(chunk.acl_groups) & set(flt.acl_groups):
+    if not flt.access.can_read(chunk.acl_groups):
         return False
     return (chunk.doc_id, chunk.version) not in {(d, int(v)) for d, v in flt.hidden_versions}
 

@@ -1,5 +1,5 @@
-"""ACL from the caller's identity (never the request body), filter values that cannot widen a filter,
-and kb's retrieval as a LangChain retriever inside an LCEL chain; real MiniLM + Milvus Lite."""
+"""ACL from the caller's key (never the request body), filter values that cannot widen a filter, and
+kb's retrieval as a LangChain retriever inside an LCEL chain; real MiniLM + Milvus Lite + SQLite keys."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from app.auth.keys import NewKey
+from app.auth.roles import Role
 from app.container import Container
 from app.main import create_app
-from app.security import key_digest
 from app.settings import Settings
-from core.types import Chunk, SearchFilter
+from core.types import Access, Chunk, SearchFilter
 from retrieval.langchain_retriever import KbRetriever
 
 pytestmark = pytest.mark.integration
 
 DOCS = [
-    ("public.md", [], ["general"], "The office canteen opens at 8 am and serves breakfast until 10 am."),
+    ("public.md", ["public"], ["general"], "The office canteen opens at 8 am and serves breakfast until 10 am."),
     ("salaries.md", ["hr"], ["pay"], "Salary bands: engineers in band 3 earn between 70k and 90k per year."),
     ("budget.md", ["finance"], ["pay"], "The finance budget for salary increases next year is 4 percent."),
 ]
@@ -29,7 +30,7 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     home = tmp_path_factory.mktemp("acl")
     settings = Settings(
         home=home, models_dir=home / "models", reranker={"enabled": False},  # type: ignore[arg-type]
-        security={"key_groups": {key_digest("hr-key"): ["hr"]}},  # type: ignore[arg-type]
+        ingest={"worker_in_api": False},  # type: ignore[arg-type]
     )  # fmt: skip
     c = Container(settings)
     chunks = [
@@ -48,14 +49,24 @@ def _docs(client: TestClient, body: dict[str, object], headers: dict[str, str] |
     return {h["doc_id"] for h in r.json()["hits"]}
 
 
+def _key(kb: Container, name: str, groups: list[str]) -> NewKey:
+    return kb.keys.create(name=name, role=Role.employee, groups=groups, kbs=["default"])
+
+
 def test_acl_groups_come_from_the_api_key_not_the_body(kb: Container) -> None:
     client = TestClient(create_app(kb.settings, kb))
-    assert _docs(client, {}) == {"public.md"}
-    # A body cannot choose groups: unknown fields are ignored, the caller stays anonymous.
-    assert _docs(client, {"acl_groups": ["hr", "finance"]}) == {"public.md"}
-    assert _docs(client, {}, {"Authorization": "Bearer hr-key"}) == {"public.md", "salaries.md"}
-    assert _docs(client, {}, {"X-API-Key": "hr-key"}) == {"public.md", "salaries.md"}
-    assert _docs(client, {}, {"Authorization": "Bearer wrong-key"}) == {"public.md"}
+    hr, staff = _key(kb, "hr-reader", ["hr"]), _key(kb, "staff-reader", ["staff"])
+    bearer = {"Authorization": f"Bearer {staff.secret}"}
+    assert _docs(client, {}, bearer) == {"public.md"}
+    # A body cannot choose groups: unknown fields are ignored, the caller keeps its key's groups.
+    assert _docs(client, {"acl_groups": ["hr", "finance"]}, bearer) == {"public.md"}
+    assert _docs(client, {}, {"Authorization": f"Bearer {hr.secret}"}) == {"public.md", "salaries.md"}
+    assert _docs(client, {}, {"X-API-Key": hr.secret}) == {"public.md", "salaries.md"}
+    # No key, or a wrong one, is refused outright instead of falling back to some default groups.
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Bearer {hr.secret}x"}):
+        r = client.post("/search", json={"query": "salary"}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", headers
+        assert r.headers["www-authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize(
@@ -66,10 +77,11 @@ def test_hostile_filter_values_cannot_widen_the_filter(kb: Container, evil: str)
         hits = kb.store.search("default", "salary budget canteen", None, mode="bm25", limit=10, flt=flt)
         return {h.chunk.doc_id for h in hits}
 
-    assert found(SearchFilter(acl_groups=[evil])) == {"public.md"}
-    assert found(SearchFilter(doc_ids=[evil])) == set()
-    assert found(SearchFilter(tags=[evil])) == set()
-    assert found(SearchFilter(tags=["pay"], acl_groups=["finance"])) == {"budget.md"}  # the filter does work
+    assert found(SearchFilter(access=Access.groups([evil]))) == {"public.md"}
+    assert found(SearchFilter(access=Access.everything(), doc_ids=[evil])) == set()
+    assert found(SearchFilter(access=Access.everything(), tags=[evil])) == set()
+    # The filter does work:
+    assert found(SearchFilter(tags=["pay"], access=Access.groups(["finance"]))) == {"budget.md"}
 
 
 def test_kb_retriever_in_an_lcel_chain_keeps_the_acl(kb: Container) -> None:
@@ -77,7 +89,7 @@ def test_kb_retriever_in_an_lcel_chain_keeps_the_acl(kb: Container) -> None:
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
-    retriever = KbRetriever(pipeline=kb.query, top_k=5, acl_groups=["hr"])
+    retriever = KbRetriever(pipeline=kb.query, top_k=5, access=Access.groups(["hr"]))
 
     def format_docs(docs: list[Document]) -> str:
         return "\n".join(f"[{d.metadata['index']}] {d.metadata['title']}: {d.page_content}" for d in docs)
@@ -95,3 +107,10 @@ def test_kb_retriever_in_an_lcel_chain_keeps_the_acl(kb: Container) -> None:
     docs = retriever.invoke("salary bands")
     assert docs[0].metadata["doc_id"] == "salaries.md" and docs[0].id == docs[0].metadata["chunk_id"]
     assert {"title", "source", "page", "score", "score_kind", "acl_groups"} <= set(docs[0].metadata)
+
+
+def test_kb_retriever_cannot_be_built_without_the_callers_access(kb: Container) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        KbRetriever(pipeline=kb.query)  # type: ignore[call-arg]

@@ -11,6 +11,7 @@ from app.container import Container
 from core.procs import free_port
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
+from tests.conftest import ALL
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def service(container: Container) -> AnswerService:
 
 
 def test_answer_is_degraded_to_passages_when_the_model_is_down(demo_home: Container) -> None:
-    answer = asyncio.run(service(demo_home).ask(Question(text="How long must passwords be?")))
+    answer = asyncio.run(service(demo_home).ask(Question(access=ALL, text="How long must passwords be?")))
     assert answer.degraded and not answer.refused
     assert answer.sources[0].doc_id == "it-security-policy.docx"
     assert answer.citations == answer.sources
@@ -34,7 +35,10 @@ def test_answer_is_degraded_to_passages_when_the_model_is_down(demo_home: Contai
 
 def test_stream_falls_back_to_the_same_degraded_events(demo_home: Container) -> None:
     async def collect() -> list[tuple[str, dict[str, object]]]:
-        return [(e.name, e.data) async for e in service(demo_home).stream(Question(text="报销需要在多少天内提交？"))]
+        return [
+            (e.name, e.data)
+            async for e in service(demo_home).stream(Question(access=ALL, text="报销需要在多少天内提交？"))
+        ]
 
     events = asyncio.run(collect())
     assert [n for n, _ in events] == ["token", "citations", "done"]
@@ -44,8 +48,10 @@ def test_stream_falls_back_to_the_same_degraded_events(demo_home: Container) -> 
 
 
 def test_empty_knowledge_base_refuses_without_calling_the_model(demo_home: Container) -> None:
-    answer = asyncio.run(service(demo_home).ask(Question(text="What is our parking policy?", kb="empty_kb")))
+    answer = asyncio.run(
+        service(demo_home).ask(Question(access=ALL, text="What is our parking policy?", kb="empty_kb"))
+    )
     assert answer.refused and not answer.degraded
     assert answer.answer == "Not found in the knowledge base."
-    zh = asyncio.run(service(demo_home).ask(Question(text="停车政策是什么？", kb="empty_kb")))
+    zh = asyncio.run(service(demo_home).ask(Question(access=ALL, text="停车政策是什么？", kb="empty_kb")))
     assert zh.refused and zh.answer == "知识库中没有找到相关内容。"

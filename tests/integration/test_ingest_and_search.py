@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from app.container import Container
-from core.types import Chunk, SearchFilter
-from tests.conftest import DATA
+from core.types import Access, Chunk, SearchFilter
+from tests.conftest import DATA, EVERYTHING
 from tests.integration.conftest import write
 
 pytestmark = pytest.mark.integration
@@ -27,19 +27,19 @@ pytestmark = pytest.mark.integration
     ],
 )
 def test_demo_questions_find_the_right_document(demo_home: Container, question: str, doc_id: str) -> None:
-    r = demo_home.query.search(question, top_k=3)
+    r = demo_home.query.search(question, flt=EVERYTHING, top_k=3)
     assert r.hits, "no hits"
     assert r.hits[0].chunk.doc_id == doc_id, [h.chunk.doc_id for h in r.hits]
     assert r.sources[0].index == 1
 
 
 def test_chinese_queries_use_bm25_with_an_english_only_embedder(demo_home: Container) -> None:
-    assert demo_home.query.search("报销需要在多少天内提交？").mode == "bm25"
-    assert demo_home.query.search("expense report deadline").mode == "hybrid"
+    assert demo_home.query.search("报销需要在多少天内提交？", flt=EVERYTHING).mode == "bm25"
+    assert demo_home.query.search("expense report deadline", flt=EVERYTHING).mode == "hybrid"
 
 
 def test_pdf_chunks_carry_their_page(demo_home: Container) -> None:
-    r = demo_home.query.search("daily meal allowance international travel", top_k=1, mode="bm25")
+    r = demo_home.query.search("daily meal allowance international travel", flt=EVERYTHING, top_k=1, mode="bm25")
     chunk = r.hits[0].chunk
     assert chunk.doc_id == "expense-policy.pdf"
     assert chunk.page == 2
@@ -48,7 +48,7 @@ def test_pdf_chunks_carry_their_page(demo_home: Container) -> None:
 
 def test_every_mode_returns_results(demo_home: Container) -> None:
     for mode in ("dense", "bm25", "hybrid"):
-        r = demo_home.query.search("annual leave carry over", mode=mode, top_k=2)  # type: ignore[arg-type]
+        r = demo_home.query.search("annual leave carry over", flt=EVERYTHING, mode=mode, top_k=2)  # type: ignore[arg-type]
         assert r.hits[0].chunk.doc_id == "leave-policy.md", mode
 
 
@@ -66,7 +66,9 @@ def test_changed_content_replaces_the_old_version(container: Container, tmp_path
     write(path, "# Remote work\n\nEmployees may work remotely three days a week.\n")
     second = container.ingest.ingest_paths([path], kb="versions")[0]
     assert (second.status, second.version) == ("indexed", 2)
-    hits = container.query.search("how many days remote work", kb="versions", mode="bm25", top_k=10).hits
+    hits = container.query.search(
+        "how many days remote work", flt=EVERYTHING, kb="versions", mode="bm25", top_k=10
+    ).hits
     assert [h.chunk.version for h in hits] == [2]
     assert "three days" in hits[0].chunk.text
     doc = container.registry.document("versions", "policy.md")
@@ -84,7 +86,7 @@ def test_bad_files_are_reported_and_the_rest_is_indexed(container: Container, tm
     assert results["empty.txt"].status == "failed" and "empty" in results["empty.txt"].error
     assert results["notes.xyz"].status == "failed" and "unsupported" in results["notes.xyz"].error
     assert results["broken.pdf"].status == "failed" and results["broken.pdf"].error
-    hits = container.query.search("where is staff parking", kb="mixed").hits
+    hits = container.query.search("where is staff parking", flt=EVERYTHING, kb="mixed").hits
     assert {h.chunk.doc_id for h in hits} == {"good.md"}
 
 
@@ -93,17 +95,17 @@ def test_acl_filter_hides_chunks_and_resists_injection(container: Container) -> 
     secret = Chunk(chunk_id=Chunk.make_id("pay.md", 1, 0), doc_id="pay.md", text="salary bands for engineers",
                    title="Pay", acl_groups=["hr"])  # fmt: skip
     public = Chunk(chunk_id=Chunk.make_id("pub.md", 1, 0), doc_id="pub.md", text="salary payment dates",
-                   title="Pay dates")  # fmt: skip
+                   title="Pay dates", acl_groups=["public"])  # fmt: skip
     container.store.upsert("acl", [secret, public], vec + container.embedder.embed([public.text], "passage"))
     container.store.flush("acl")
 
-    def docs(groups: list[str] | None) -> set[str]:
-        hits = container.store.search("acl", "salary", None, mode="bm25", limit=10, flt=SearchFilter(acl_groups=groups))
+    def docs(access: Access) -> set[str]:
+        hits = container.store.search("acl", "salary", None, mode="bm25", limit=10, flt=SearchFilter(access=access))
         return {h.chunk.doc_id for h in hits}
 
-    assert docs(None) == {"pay.md", "pub.md"}
-    assert docs([]) == {"pub.md"}
-    assert docs(["hr"]) == {"pay.md", "pub.md"}
+    assert docs(Access.everything()) == {"pay.md", "pub.md"}
+    assert docs(Access.groups([])) == {"pub.md"}
+    assert docs(Access.groups(["hr"])) == {"pay.md", "pub.md"}
     evil_values = ['x"] ) or true or ("', 'x" or 1==1 or "', "hr ", 'x\\" or acl_groups != ["']
     for evil in evil_values:
-        assert docs([evil]) == {"pub.md"}, evil
+        assert docs(Access.groups([evil])) == {"pub.md"}, evil

@@ -14,7 +14,7 @@ from app.settings import Settings
 from ingest.errors import UnsafeName
 from ingest.jobs import JobView
 from ingest.sources import safe_doc_id
-from tests.conftest import DATA
+from tests.conftest import DATA, EVERYTHING
 from tests.integration import docgen
 from tests.integration.conftest import write
 
@@ -88,7 +88,7 @@ def test_a_folder_of_100_with_5_bad_ingests_95_and_reports_5(small: Container, t
     assert {i.doc_id for i in view.items if i.status == "failed"} == {f"zz-bad-{i}.md" for i in range(5)}
     assert small.store.count("many") == 95
     # Every indexed note is searchable: one named by its number comes first, with its own text.
-    r = small.query.search("How many seats does meeting room 42 have?", kb="many", top_k=5)
+    r = small.query.search("How many seats does meeting room 42 have?", flt=EVERYTHING, kb="many", top_k=5)
     assert r.hits[0].chunk.doc_id == "note-042.txt", [h.chunk.doc_id for h in r.hits]
     assert "meeting room 42 has 8 seats" in r.hits[0].chunk.text
 

@@ -12,7 +12,7 @@ import pytest
 from app.container import Container
 from core.types import Chunk
 from ingest.events import IngestResult
-from tests.conftest import SHARED_EVAL, shared_eval
+from tests.conftest import EVERYTHING, SHARED_EVAL, shared_eval
 from tests.integration import docgen
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,7 @@ def test_chinese_scan_is_ocred_with_chi_sim(container: Container, indexed: dict[
     text = text_of(container, "scan-zh.pdf").replace(" ", "")
     assert "十五天带薪年假" in text
     assert "三十天内提交" in text
-    r = container.query.search("报销申请多少天内提交？", kb="formats", top_k=3)
+    r = container.query.search("报销申请多少天内提交？", flt=EVERYTHING, kb="formats", top_k=3)
     assert r.hits[0].chunk.doc_id == "scan-zh.pdf"
 
 
@@ -242,7 +242,9 @@ def test_rotated_pdf_page_reads_as_lines_not_letters(
     assert any(ROTATED_LINES[0] in c.text for c in found), text
     assert "ninety days" in text and "two millimetres" in text
     assert {c.title for c in found} == {ROTATED_TITLE}
-    hits = container.query.search("How often are the turbine blades inspected?", kb="parsing", top_k=3).hits
+    hits = container.query.search(
+        "How often are the turbine blades inspected?", flt=EVERYTHING, kb="parsing", top_k=3
+    ).hits
     assert hits and hits[0].chunk.doc_id in {"rotated-page.pdf", "sideways-text.pdf"}
 
 
@@ -256,7 +258,7 @@ def test_pptx_table_slide_keeps_its_title(
     assert table[0].page == slide
     # The slide's title must be searchable with the table: in the chunk text, which is what is embedded.
     assert table[0].text.startswith(title + "\n") and table[0].section == title
-    hits = container.query.search(title, kb="parsing", top_k=3).hits
+    hits = container.query.search(title, flt=EVERYTHING, kb="parsing", top_k=3).hits
     assert hits and (hits[0].chunk.doc_id, hits[0].chunk.page) == (doc_id, slide)
 
 

@@ -19,6 +19,7 @@ from core.procs import free_port
 from core.protocols import EmbedderUnavailable
 from retrieval.embedder import SentenceTransformerEmbedder, resolve_model_location
 from retrieval.openai_embedder import OpenAIEmbedder, estimate_tokens
+from tests.conftest import EVERYTHING
 from tests.embed_server import FAIL_MARKER, MODEL, SLOW_MARKER, SLOW_S, EmbedServer
 
 pytestmark = pytest.mark.integration
@@ -156,7 +157,7 @@ def test_the_container_ingests_and_searches_through_the_server(embed_server: Emb
         results = container.ingest.ingest_paths([doc], kb="default")
         assert [r.status for r in results] == ["indexed"], results
         # Dense only: the vectors in Milvus (dimension learned from the server) are what finds the chunk.
-        found = container.query.search("How do I reset my VPN password?", top_k=1, mode="dense")
+        found = container.query.search("How do I reset my VPN password?", flt=EVERYTHING, top_k=1, mode="dense")
         assert found.hits and found.hits[0].chunk.doc_id == "leave.md", found.hits
         assert "VPN password" in found.hits[0].chunk.text
     finally:

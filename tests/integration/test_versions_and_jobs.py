@@ -22,7 +22,7 @@ from core.types import SearchFilter
 from ingest.documents import DocumentNotFound
 from ingest.events import FileFinished, FileProgress, FileStarted, FileTask
 from retrieval.milvus_connect import start_lite_server
-from tests.conftest import ROOT
+from tests.conftest import ALL, EVERYTHING, ROOT
 from tests.integration import docgen
 from tests.integration.conftest import write
 
@@ -80,7 +80,9 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
 
     def reader() -> None:
         while not stop.is_set():
-            r = container.query.search("on-call rota weekends", kb=kb, top_k=10, flt=SearchFilter(doc_ids=[doc_id]))
+            r = container.query.search(
+                "on-call rota weekends", kb=kb, top_k=10, flt=SearchFilter(access=ALL, doc_ids=[doc_id])
+            )
             seen.append({h.chunk.version for h in r.hits})
 
     thread = threading.Thread(target=reader)
@@ -95,7 +97,7 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
         thread.join()
     assert len(seen) > 5
     assert all(len(versions) == 1 for versions in seen), [v for v in seen if len(v) != 1][:5]
-    assert {h.chunk.version for h in container.query.search("rota", kb=kb).hits} == {4}
+    assert {h.chunk.version for h in container.query.search("rota", flt=EVERYTHING, kb=kb).hits} == {4}
     history = container.documents.history(kb, doc_id)
     assert [v.status for v in history] == ["ready", "replaced", "replaced", "replaced"]
     assert {c.version for c in container.store.document_chunks(kb, doc_id)} == {4}
@@ -105,9 +107,9 @@ def test_delete_hides_at_once_and_a_worker_purges_when_due(container: Container,
     kb = "deletes"
     f = write(tmp_path / "gone.md", "# Gone\n\nThe old badge office is in building C.\n")
     container.ingest.ingest_file(f, doc_id="gone.md", kb=kb)
-    assert container.query.search("badge office building", kb=kb).hits
+    assert container.query.search("badge office building", flt=EVERYTHING, kb=kb).hits
     assert container.documents.delete(kb, "gone.md") is True
-    assert container.query.search("badge office building", kb=kb).hits == []
+    assert container.query.search("badge office building", flt=EVERYTHING, kb=kb).hits == []
     # Hidden, not yet purged: a query that started before the delete may still be reading these chunks.
     assert container.store.document_chunks(kb, "gone.md")
     assert container.versions.purge(kb) == 0

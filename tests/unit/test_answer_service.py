@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import pytest
 
 from app.answering import AnswerService, Question
-from core.types import Answer, ChatMessage, Chunk, RelevanceThresholds
+from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds
 from retrieval.condense import Condenser
 from retrieval.pipeline import QueryPipeline
 from serving.prompts import PromptBook
+from tests.conftest import ALL, EVERYTHING
 from tests.fakes import FakeEmbedder, FakeGenerator, FakeReranker, FakeVectorStore
 from tests.fakes.generator import Failure, Reply
 
@@ -37,13 +38,13 @@ PARKING_V2 = "Parking permits cost 45 euros per month at the main office."
 
 # doc_id, version, ordinal, title, acl_groups, text
 CORPUS = [
-    ("leave-policy.md", 1, 0, "Leave Policy", [], LEAVE),
-    ("leave-policy.md", 1, 1, "Leave Policy", [], CARRY),
-    ("vpn-guide.md", 1, 0, "VPN Guide", [], VPN),
+    ("leave-policy.md", 1, 0, "Leave Policy", ["public"], LEAVE),
+    ("leave-policy.md", 1, 1, "Leave Policy", ["public"], CARRY),
+    ("vpn-guide.md", 1, 0, "VPN Guide", ["public"], VPN),
     ("salary-bands.md", 1, 0, "Salary Bands", ["hr"], SALARY),
-    ("expense-policy-zh.md", 1, 0, "报销政策", [], EXPENSE_ZH),
-    ("parking.md", 1, 0, "Parking", [], PARKING_V1),
-    ("parking.md", 2, 0, "Parking", [], PARKING_V2),
+    ("expense-policy-zh.md", 1, 0, "报销政策", ["public"], EXPENSE_ZH),
+    ("parking.md", 1, 0, "Parking", ["public"], PARKING_V1),
+    ("parking.md", 2, 0, "Parking", ["public"], PARKING_V2),
 ]
 
 
@@ -135,7 +136,9 @@ def docs(items: object) -> list[str]:
 def test_citations_are_the_sources_the_model_cited() -> None:
     reply = cite(("Reset it in the self-service portal", VPN), ("New staff get 20 days", LEAVE))
     kb = make_kb(reply)
-    answer = ask(kb, Question(text="How do I reset my VPN password, and how much annual leave do new staff get?"))
+    answer = ask(
+        kb, Question(access=ALL, text="How do I reset my VPN password, and how much annual leave do new staff get?")
+    )
     assert not answer.refused and not answer.degraded and answer.grounded
     assert {c.doc_id for c in answer.citations} == {"vpn-guide.md", "leave-policy.md"}
     call = kb.generator.calls[0]
@@ -157,7 +160,9 @@ def test_citations_are_the_sources_the_model_cited() -> None:
 
 def test_every_source_the_model_was_shown_is_listed_citations_in_source_order() -> None:
     kb = make_kb(cite(("Leave carries over", CARRY), ("Reset it in the portal", VPN)))
-    answer = ask(kb, Question(text="Can unused annual leave be carried over, and where do I reset my VPN password?"))
+    answer = ask(
+        kb, Question(access=ALL, text="Can unused annual leave be carried over, and where do I reset my VPN password?")
+    )
     shown = prompt_sources(kb.generator.calls[0].messages)
     assert [s.index for s in answer.sources] == list(range(1, len(shown) + 1))
     assert [s.snippet for s in answer.sources] == [shown[n] for n in sorted(shown)]
@@ -169,7 +174,7 @@ def test_invalid_markers_are_removed_and_leave_their_sentence_ungrounded() -> No
     # Without the citation guard (servers with no structured outputs) the model may cite sources that
     # do not exist.
     kb = make_kb("New employees get 20 days of leave [1][9]. Meals are free [0].", citation_guard=False)
-    question = Question(text="How many days of annual leave do new employees get?")
+    question = Question(access=ALL, text="How many days of annual leave do new employees get?")
     answer = ask(kb, question)
     assert kb.generator.calls[0].pattern is None
     assert answer.answer == "New employees get 20 days of leave [1]. Meals are free."
@@ -186,7 +191,7 @@ def test_invalid_markers_are_removed_and_leave_their_sentence_ungrounded() -> No
 
 def test_the_citation_guard_sends_a_pattern_that_allows_only_real_sources() -> None:
     kb = make_kb(cite(("New staff get 20 days", LEAVE)))
-    answer = ask(kb, Question(text="How many days of annual leave do new employees get?"))
+    answer = ask(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     pattern = kb.generator.calls[0].pattern
     assert pattern is not None
     n = len(answer.sources)
@@ -196,7 +201,7 @@ def test_the_citation_guard_sends_a_pattern_that_allows_only_real_sources() -> N
 
 def test_the_model_refusing_is_a_refusal_with_no_citations() -> None:
     kb = make_kb(REFUSAL_EN)
-    answer = ask(kb, Question(text="How many days of annual leave do new employees get?"))
+    answer = ask(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert len(kb.generator.calls) == 1
     assert answer.refused and answer.answer == REFUSAL_EN and answer.citations == [] and not answer.grounded
     assert answer.sources  # what the model was shown is still there for an admin to inspect
@@ -208,7 +213,7 @@ def test_the_model_refusing_is_a_refusal_with_no_citations() -> None:
 @pytest.mark.parametrize("corpus", [True, False], ids=["nothing-relevant", "empty-kb"])
 def test_nothing_relevant_is_refused_without_calling_the_model(corpus: bool) -> None:
     kb = make_kb("unused", thresholds=RelevanceThresholds.off(cosine=0.3), corpus=corpus)
-    question = Question(text="Photosynthesis in tropical algae")
+    question = Question(access=ALL, text="Photosynthesis in tropical algae")
     answer = ask(kb, question)
     assert answer.refused and answer.answer == REFUSAL_EN and answer.message == "no relevant context found"
     assert answer.sources == [] and answer.citations == [] and answer.usage.completion_tokens == 0
@@ -222,14 +227,14 @@ def test_nothing_relevant_is_refused_without_calling_the_model(corpus: bool) -> 
 def test_a_relevant_question_passes_the_same_threshold() -> None:
     # The control for the refusal above: the threshold lets a question on the documents through.
     kb = make_kb(cite(("New staff get 20 days", LEAVE)), thresholds=RelevanceThresholds.off(cosine=0.3))
-    answer = ask(kb, Question(text="How many days of paid annual leave do new employees get?"))
+    answer = ask(kb, Question(access=ALL, text="How many days of paid annual leave do new employees get?"))
     assert not answer.refused and len(kb.generator.calls) == 1
     assert [c.doc_id for c in answer.citations] == ["leave-policy.md"]
 
 
 def test_generator_down_gives_a_degraded_answer_from_the_sources() -> None:
     kb = make_kb(cite(("x", LEAVE)), fail="before")
-    answer = ask(kb, Question(text="How many days of annual leave do new employees get?"))
+    answer = ask(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert len(kb.generator.calls) == 1
     assert answer.degraded and not answer.refused and "unavailable" in answer.message
     assert answer.sources and answer.citations == answer.sources
@@ -239,7 +244,7 @@ def test_generator_down_gives_a_degraded_answer_from_the_sources() -> None:
 
 def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
     kb = make_kb(cite(("x", LEAVE)), fail="before")
-    events = stream(kb, Question(text="How many days of annual leave do new employees get?"))
+    events = stream(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert names(events) == ["token", "citations", "done"]
     citations, done = payload(events, "citations"), payload(events, "done")
     assert done["degraded"] is True and done["refused"] is False and "unavailable" in str(done["message"])
@@ -251,7 +256,7 @@ def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
 def test_generator_dying_mid_stream_ends_with_an_error_event() -> None:
     reply = cite(("New employees get twenty days of leave", LEAVE))
     kb = make_kb(reply, fail="mid_stream", fail_after=2)
-    events = stream(kb, Question(text="How many days of annual leave do new employees get?"))
+    events = stream(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert names(events) == ["token", "token", "error"]
     sent = kb.generator.pieces(reply(kb.generator.calls[0].messages))
     assert [d["text"] for n, d in events if n == "token"] == sent[:2]
@@ -265,7 +270,9 @@ def test_generator_dying_mid_stream_ends_with_an_error_event() -> None:
 def test_stream_sends_tokens_then_citations_then_done() -> None:
     reply = cite(("New staff get 20 days of leave", LEAVE), ("It carries over until March", CARRY))
     kb = make_kb(reply)
-    question = Question(text="How many days of annual leave do new employees get, and can it be carried over?")
+    question = Question(
+        access=ALL, text="How many days of annual leave do new employees get, and can it be carried over?"
+    )
     events = stream(kb, question)
     call = kb.generator.calls[0]
     sent = reply(call.messages)
@@ -286,7 +293,7 @@ def test_stream_sends_tokens_then_citations_then_done() -> None:
 
 def test_ask_and_stream_agree() -> None:
     reply = cite(("Reset it in the portal", VPN))
-    question = Question(text="Where do I reset a forgotten VPN password?")
+    question = Question(access=ALL, text="Where do I reset a forgotten VPN password?")
     whole = ask(make_kb(reply), question)
     events = stream(make_kb(reply), question)
     citations = payload(events, "citations")
@@ -301,7 +308,7 @@ def test_ask_and_stream_agree() -> None:
 
 def test_a_chinese_question_gets_the_chinese_prompt_and_bm25_retrieval() -> None:
     kb = make_kb(cite(("报销单须在30天内提交", EXPENSE_ZH), end="。"))
-    answer = ask(kb, Question(text="报销单要在多少天内提交？"))
+    answer = ask(kb, Question(access=ALL, text="报销单要在多少天内提交？"))
     call = kb.generator.calls[0]
     assert SYSTEM_ZH in call.messages[0].content and "报销单要在多少天内提交？" in call.messages[-1].content
     assert (
@@ -315,7 +322,7 @@ def test_a_chinese_question_gets_the_chinese_prompt_and_bm25_retrieval() -> None
 
 def test_an_english_question_gets_the_english_prompt_and_hybrid_retrieval() -> None:
     kb = make_kb(cite(("Reset it in the portal", VPN)))
-    ask(kb, Question(text="Where do I reset a forgotten VPN password?"))
+    ask(kb, Question(access=ALL, text="Where do I reset a forgotten VPN password?"))
     call = kb.generator.calls[0]
     assert SYSTEM_EN in call.messages[0].content and SYSTEM_ZH not in call.messages[0].content
     assert (
@@ -327,8 +334,8 @@ def test_an_english_question_gets_the_english_prompt_and_hybrid_retrieval() -> N
 
 def test_refusals_are_in_the_question_language() -> None:
     kb = make_kb("unused", thresholds=RelevanceThresholds.off(cosine=0.3, lexical=0.5))
-    assert ask(kb, Question(text="停车场的颜色是什么？")).answer == REFUSAL_ZH
-    assert ask(kb, Question(text="Photosynthesis in tropical algae")).answer == REFUSAL_EN
+    assert ask(kb, Question(access=ALL, text="停车场的颜色是什么？")).answer == REFUSAL_ZH
+    assert ask(kb, Question(access=ALL, text="Photosynthesis in tropical algae")).answer == REFUSAL_EN
     assert kb.generator.calls == []
 
 
@@ -345,7 +352,7 @@ HISTORY = [
 def test_history_goes_to_the_model_between_instructions_and_question() -> None:
     kb = make_kb(cite(("It carries over until March", CARRY)))
     history = [ChatMessage(role="user", content="Hello"), ChatMessage(role="assistant", content="Hi."), *HISTORY]
-    answer = ask(kb, Question(text="Can unused leave be carried over?", history=history))
+    answer = ask(kb, Question(access=ALL, text="Can unused leave be carried over?", history=history))
     (call,) = kb.generator.calls
     assert [m.role for m in call.messages] == ["system", *(m.role for m in HISTORY), "user"]
     assert call.messages[1:-1] == HISTORY  # the last six turns, in order
@@ -357,7 +364,7 @@ def test_history_goes_to_the_model_between_instructions_and_question() -> None:
 
 def test_a_follow_up_is_condensed_by_the_model_before_retrieval() -> None:
     kb = make_kb("How do I reset a forgotten VPN password?", cite(("Use the portal", VPN)), condense=True)
-    events = stream(kb, Question(text="And if I forgot it?", history=HISTORY[:2]))
+    events = stream(kb, Question(access=ALL, text="And if I forgot it?", history=HISTORY[:2]))
     condense, answer = kb.generator.calls
     assert condense.pattern is None and not condense.streamed and "And if I forgot it?" in condense.messages[0].content
     assert kb.store.searches[-1].query == "How do I reset a forgotten VPN password?"
@@ -375,26 +382,28 @@ SALARY_QUESTION = "What are the salary bands for engineers?"
 @pytest.mark.parametrize("groups", [[], ["staff"], ["finance", "it"]])
 def test_a_restricted_chunk_never_reaches_a_caller_outside_its_groups(groups: list[str]) -> None:
     kb = make_kb(lambda messages: "See the first source [1].")
-    question = Question(text=SALARY_QUESTION, acl_groups=groups)
+    question = Question(access=Access.groups(groups), text=SALARY_QUESTION)
     answer = ask(kb, question)
     events = stream(kb, question)
     assert answer.sources, "other documents are still found"
     assert "salary-bands.md" not in {s.doc_id for s in answer.sources}
     assert "salary-bands.md" not in docs(payload(events, "citations")["sources"])
     assert all(SALARY not in m.content for call in kb.generator.calls for m in call.messages)
-    assert [s.flt.acl_groups for s in kb.store.searches] == [groups, groups]
+    assert [s.flt.access for s in kb.store.searches] == [Access.groups(groups)] * 2
 
 
-@pytest.mark.parametrize("groups", [["hr"], ["staff", "hr"], None], ids=["hr", "staff+hr", "unrestricted"])
-def test_a_restricted_chunk_reaches_its_groups(groups: list[str] | None) -> None:
+@pytest.mark.parametrize(
+    "access", [Access.groups(["hr"]), Access.groups(["staff", "hr"]), ALL], ids=["hr", "staff+hr", "unrestricted"]
+)
+def test_a_restricted_chunk_reaches_its_groups(access: Access) -> None:
     kb = make_kb(cite(("Engineers earn 60000 to 90000 euros", SALARY)))
-    answer = ask(kb, Question(text=SALARY_QUESTION, acl_groups=groups))
+    answer = ask(kb, Question(access=access, text=SALARY_QUESTION))
     assert answer.sources[0].doc_id == "salary-bands.md"
     assert [c.doc_id for c in answer.citations] == ["salary-bands.md"]
 
 
 def test_hidden_versions_never_appear() -> None:
-    question = Question(text="How much does a parking permit cost per month?")
+    question = Question(access=ALL, text="How much does a parking permit cost per month?")
     kb = make_kb(cite(("A permit costs 45 euros", PARKING_V2)), hidden=[("parking.md", 1)])
     answer = ask(kb, question)
     events = stream(kb, question)
@@ -418,7 +427,7 @@ def pipeline(kb: Kb, **kwargs: object) -> QueryPipeline:
 def test_the_reranker_orders_the_hits_and_its_probability_is_the_relevance() -> None:
     kb = make_kb()
     reranker = FakeReranker()
-    r = pipeline(kb, reranker=reranker, rerank_candidates=5).search("forgotten VPN password", top_k=3)
+    r = pipeline(kb, reranker=reranker, rerank_candidates=5).search("forgotten VPN password", flt=EVERYTHING, top_k=3)
     assert r.reranked and "rerank_ms" in r.timings and len(reranker.calls) == 1
     assert r.hits[0].chunk.doc_id == "vpn-guide.md" and {h.score_kind for h in r.hits} == {"rerank"}
     assert r.relevance.kind == "rerank" and r.relevance.value == r.hits[0].score == 1.0
@@ -429,20 +438,22 @@ def test_a_low_rerank_probability_means_no_relevant_context() -> None:
     kb = make_kb()
     low = FakeReranker(scores={c.chunk_id: 0.2 for c in kb.store.chunks("default")})
     thresholds = RelevanceThresholds.off(rerank=0.5)
-    r = pipeline(kb, reranker=low, thresholds=thresholds).search("forgotten VPN password", top_k=3)
+    r = pipeline(kb, reranker=low, thresholds=thresholds).search("forgotten VPN password", flt=EVERYTHING, top_k=3)
     assert r.hits and r.no_relevant_context and r.sources == [] and r.relevance.value == 0.2
-    ok = pipeline(kb, reranker=FakeReranker(), thresholds=thresholds).search("forgotten VPN password", top_k=3)
+    ok = pipeline(kb, reranker=FakeReranker(), thresholds=thresholds).search(
+        "forgotten VPN password", flt=EVERYTHING, top_k=3
+    )
     assert not ok.no_relevant_context and ok.sources[0].hit.chunk.doc_id == "vpn-guide.md"
 
 
 def test_a_missing_reranker_is_reported() -> None:
-    r = pipeline(make_kb(), reranker=None, rerank_wanted=True).search("annual leave", top_k=3)
+    r = pipeline(make_kb(), reranker=None, rerank_wanted=True).search("annual leave", flt=EVERYTHING, top_k=3)
     assert not r.reranked and r.timings["rerank_unavailable"] == 1.0 and r.hits[0].score_kind == "weighted"
 
 
 def test_hybrid_relevance_is_the_best_stored_cosine() -> None:
     kb = make_kb()
-    r = pipeline(kb).search("paid annual leave for new employees", top_k=3)
+    r = pipeline(kb).search("paid annual leave for new employees", flt=EVERYTHING, top_k=3)
     vector = kb.embedder.embed(["paid annual leave for new employees"], "query")[0]
     expected = max(sum(a * b for a, b in zip(vector, v, strict=True))
                    for v in kb.embedder.embed([h.chunk.text for h in r.hits], "passage"))  # fmt: skip
@@ -453,7 +464,9 @@ def test_hybrid_relevance_is_the_best_stored_cosine() -> None:
 def test_an_embedder_for_every_language_searches_chinese_with_both() -> None:
     kb = make_kb()
     multilingual = FakeEmbedder(languages=frozenset({"*"}))
-    r = QueryPipeline(embedder=multilingual, store=kb.store, candidates=10).search("报销单要在多少天内提交？")
+    r = QueryPipeline(embedder=multilingual, store=kb.store, candidates=10).search(
+        "报销单要在多少天内提交？", flt=EVERYTHING
+    )
     assert (
         r.mode == "hybrid" and r.language == "zh" and multilingual.calls == [(("报销单要在多少天内提交？",), "query")]
     )
@@ -462,5 +475,5 @@ def test_an_embedder_for_every_language_searches_chinese_with_both() -> None:
 
 def test_top_k_bounds_the_sources() -> None:
     kb = make_kb(lambda messages: "See the first source [1].")
-    answer = ask(kb, Question(text="annual leave VPN password parking permit", top_k=2))
+    answer = ask(kb, Question(access=ALL, text="annual leave VPN password parking permit", top_k=2))
     assert len(answer.sources) <= 2 and len(prompt_sources(kb.generator.calls[0].messages)) == len(answer.sources)

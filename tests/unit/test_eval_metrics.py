@@ -5,8 +5,6 @@ import math
 
 import pytest
 
-from app.security import groups_for, key_digest
-from app.settings import SecuritySettings
 from evaluation.metrics import exact_match, f1_score, mean, mrr_at, ndcg_at, percentile, recall_at
 from evaluation.reports import to_json
 from retrieval.relevance import lexical_coverage
@@ -45,10 +43,3 @@ def test_lexical_coverage_ignores_stop_words_and_handles_chinese() -> None:
     assert lexical_coverage("What is the VPN password policy?", ["VPN password rules"]) == pytest.approx(2 / 3)
     assert lexical_coverage("报销单要在多少天内提交？", ["报销单必须在30天内提交。"]) == pytest.approx(4 / 5)
     assert lexical_coverage("anything", []) is None
-
-
-def test_caller_groups_come_from_known_keys_only() -> None:
-    security = SecuritySettings(key_groups={key_digest("k1"): ["hr"]}, anonymous_groups=["staff"])
-    assert groups_for(security, "k1") == ["hr"]
-    assert groups_for(security, "unknown") == ["staff"]
-    assert groups_for(security, None) == ["staff"]
