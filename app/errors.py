@@ -86,12 +86,17 @@ def _request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
+def error_response(request: Request, exc: KBError) -> JSONResponse:
+    """The response for a kb error, wherever it is raised (handlers and middleware alike)."""
+    return JSONResponse(
+        error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KBError)
     async def _kb_error(request: Request, exc: KBError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

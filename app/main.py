@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from app.api import ask, health, search
+from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
 from app.settings import Settings
@@ -49,6 +50,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.state.container = container
     app.state.settings = settings
     install_error_handlers(app)
+    # Added first, so it runs inside the request-id middleware below (Starlette wraps in reverse order).
+    ui_path = "/ui" if settings.api.ui_enabled else None
+    app.add_middleware(AuthMiddleware, is_public=public_paths(ui_path=ui_path, docs_public=settings.api.docs_public))
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

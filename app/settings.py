@@ -144,6 +144,9 @@ class APISettings(BaseModel):
     ui_enabled: bool = True
     # How the UI reaches the API; empty means http://host:port of this server.
     public_url: str = ""
+    # /docs and /openapi.json need a key like everything else unless this is on (the Swagger page
+    # cannot send one).
+    docs_public: bool = False
 
 
 class DatabaseSettings(BaseModel):
