@@ -132,9 +132,11 @@ def summarize(results: Sequence[LevelResult]) -> list[Overhead]:
 # -- the run ------------------------------------------------------------------------------------------
 
 
-def _ready(api: str) -> _Ready:
+def _ready(api: str, api_key: str) -> _Ready:
     try:
-        return _Ready.model_validate_json(httpx.get(f"{api}/readyz", timeout=10).content)
+        # An admin's key: /readyz names the components (and the model's settings) only to admins.
+        response = httpx.get(f"{api}/readyz", timeout=10, headers={"Authorization": f"Bearer {api_key}"})
+        return _Ready.model_validate_json(response.content)
     except httpx.HTTPError as exc:
         raise E2EError(f"the kb API does not answer at {api} ({exc}): start it with `kb up`") from exc
     except ValidationError as exc:
@@ -158,10 +160,10 @@ def _prompts(settings: Settings, questions: QuestionFile, kb: str, requests: int
 
 def bench_e2e(
     settings: Settings, questions: QuestionFile, *, levels: Sequence[int], requests: int, rounds: int,
-    api_url: str | None = None, kb: str = "default", progress: Progress = lambda _: None,
+    api_key: str, api_url: str | None = None, kb: str = "default", progress: Progress = lambda _: None,
 ) -> E2EReport:  # fmt: skip
     api = (api_url or settings.api_url).rstrip("/")
-    ready = _ready(api)
+    ready = _ready(api, api_key)
     if ready.components.get("llm") != "up":
         raise E2EError(f"the API at {api} reports the model server down: {ready.model_dump()}")
     prompts = _prompts(settings, questions, kb, requests)
@@ -169,7 +171,7 @@ def bench_e2e(
     # The answer length the API uses, so that vLLM alone is asked for the same work.
     max_tokens = ready.llm.max_tokens or llm.max_tokens
     askers = {
-        "kb": kb_asker(api, kb),
+        "kb": kb_asker(api, kb, api_key),
         "vllm": vllm_asker(
             settings.llm_base_url.rstrip("/"), llm.served_model_name, llm.api_key.get_secret_value(),
             max_tokens, llm.temperature,

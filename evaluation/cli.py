@@ -202,6 +202,9 @@ def bench_e2e(  # noqa: PLR0917  (Typer options)
     requests: Annotated[int, typer.Option(min=1, help="Distinct prompts per concurrency level and round.")] = 16,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds per level, alternating which side goes first.")] = 2,
     api_url: Annotated[Optional[str], typer.Option(help="The running kb API; default from settings.")] = None,  # noqa: UP045
+    api_key: Annotated[
+        str, typer.Option(envvar="KB_API_KEY", help="An admin key of the running API (or env KB_API_KEY).")
+    ] = "",
     kb: KbOpt = "default",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
@@ -221,10 +224,12 @@ def bench_e2e(  # noqa: PLR0917  (Typer options)
         source = QuestionFile.at(questions)
     except DatasetError as exc:
         fail(f"{exc}: pass --questions", 2)
+    if not api_key:
+        fail("--api-key (or KB_API_KEY) is required: the API answers only signed-in callers", 2)
     try:
         report = run(
             load_settings(), source, levels=levels, requests=requests, rounds=rounds, api_url=api_url, kb=kb,
-            progress=_progress,
+            api_key=api_key, progress=_progress,
         )  # fmt: skip
     except E2EError as exc:
         fail(str(exc))

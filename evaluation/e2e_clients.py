@@ -60,12 +60,14 @@ class Sample:
 Asker = Callable[[httpx.AsyncClient, Prompt], Awaitable[Sample]]
 
 
-def kb_asker(api_url: str, kb: str) -> Asker:
+def kb_asker(api_url: str, kb: str, api_key: str) -> Asker:
+    headers = {"Authorization": f"Bearer {api_key}"}
+
     async def ask(client: httpx.AsyncClient, prompt: Prompt) -> Sample:
         started = time.perf_counter()
         sample = Sample()
         payload = {"question": prompt.question, "kb": kb, "stream": True}
-        async with aconnect_sse(client, "POST", f"{api_url}/ask", json=payload) as source:
+        async with aconnect_sse(client, "POST", f"{api_url}/ask", json=payload, headers=headers) as source:
             if source.response.status_code != 200:
                 return sample
             async for event in source.aiter_sse():

@@ -84,7 +84,9 @@ class FileReader:
                     session = self._chunker.session(title, title_is_section=parsed.titled_pages)
                 pieces = session.feed(elements)
                 chunks = [
-                    _chunk(p, into, ordinal=ordinal + i, title=title, source=str(path)) for i, p in enumerate(pieces)
+                    # The file's name, not its path: chunks reach callers, and server paths are not theirs to see.
+                    _chunk(p, into, ordinal=ordinal + i, title=title, source=path.name)
+                    for i, p in enumerate(pieces)
                 ]
                 ordinal += len(chunks)
             chunk_ms = (time.perf_counter() - t) * 1000

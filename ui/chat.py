@@ -43,9 +43,11 @@ def format_sources(answer: dict[str, Any]) -> str:
 
 
 def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
-    def respond(message: str, history: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str]:
+    def respond(message: str, history: list[dict[str, Any]], api_key: str) -> tuple[str, list[dict[str, Any]], str]:
         if not message.strip():
             return "", history, ""
+        if not api_key.strip():
+            return message, history, "Enter your API key first (ask your administrator for one)."
         turns = [
             {"role": m["role"], "content": _text(m["content"])}
             for m in history
@@ -53,7 +55,10 @@ def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
         ]
         try:
             response = httpx.post(
-                f"{api_url}/ask", json={"question": message, "history": turns[-6:]}, timeout=timeout_s
+                f"{api_url}/ask",
+                json={"question": message, "history": turns[-6:]},
+                headers={"Authorization": f"Bearer {api_key.strip()}"},
+                timeout=timeout_s,
             )
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -68,11 +73,13 @@ def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
 
     with gr.Blocks(title="kb") as demo:
         gr.Markdown("## kb: ask the company knowledge base")
+        # The key stays in this browser tab and is sent with each question; the server keeps no copy.
+        api_key = gr.Textbox(label="API key", type="password", elem_id="kb-key")
         chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="kb-chat")
         question = gr.Textbox(placeholder="Ask a question, e.g. How many days of annual leave do new employees get?",
                               show_label=False, elem_id="kb-question")  # fmt: skip
         sources = gr.Markdown(elem_id="kb-sources")
-        question.submit(respond, [question, chatbot], [question, chatbot, sources])
+        question.submit(respond, [question, chatbot, api_key], [question, chatbot, sources])
     blocks: gr.Blocks = demo
     return blocks
 

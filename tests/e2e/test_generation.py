@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.auth.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings
@@ -136,9 +137,11 @@ def gen(llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         settings.llm.retry_backoff_s = 0.2
         settings.api.ui_enabled = False
         container = Container(settings)
-        results = container.ingest.ingest_paths([DATA], kb="default")
+        results = container.ingest.ingest_paths([DATA], kb="default", acl_groups=["staff"])
         assert all(r.status == "indexed" for r in results), results
-        with TestClient(create_app(settings, container)) as client:
+        key = container.keys.create(name="employee", role=Role.employee, groups=["staff"], kbs=["default"])
+        headers = {"Authorization": f"Bearer {key.secret}"}
+        with TestClient(create_app(settings, container), headers=headers) as client:
             yield Generation(llm=llm_server, proxy=proxy, client=client, settings=settings)
     finally:
         proxy.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,14 +35,22 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 
 
+ADMIN_KEY = re.compile(r"\bkb_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}")
+
+
 @dataclass
 class Stack:
     url: str
+    key: str
     llm_port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes]
     home: Path
     log: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +85,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             except httpx.HTTPError:
                 pass
             time.sleep(2)
-        yield Stack(url=url, llm_port=llm_port, env=env, proc=proc, home=home, log=log)
+        # The first start printed the admin key once; the suite signs in with it like an administrator would.
+        found = ADMIN_KEY.findall(log.read_text())
+        assert len(found) == 1, f"expected one admin key in the start-up output:\n{log.read_text()[-4000:]}"
+        yield Stack(url=url, key=found[0], llm_port=llm_port, env=env, proc=proc, home=home, log=log)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -101,16 +113,18 @@ def test_startup_printed_the_docs_url(stack: Stack) -> None:
     while f"API docs: {stack.url}/docs" not in stack.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert f"API docs: {stack.url}/docs" in stack.log.read_text()
-    assert httpx.get(f"{stack.url}/docs", timeout=10).status_code == 200
-    ready = httpx.get(f"{stack.url}/readyz", timeout=10).json()
+    assert httpx.get(f"{stack.url}/docs", timeout=10, headers=stack.auth).status_code == 200
+    ready = httpx.get(f"{stack.url}/readyz", timeout=10, headers=stack.auth).json()
     assert ready["components"]["llm"] == "up"
+    # Anyone else learns only whether it is up.
+    assert httpx.get(f"{stack.url}/readyz", timeout=10).json() == {"status": "ready"}
 
 
 @pytest.mark.parametrize(("question", "doc_id"), QUESTIONS)
 def test_ask_answers_with_citations_from_the_right_document(stack: Stack, question: str, doc_id: str) -> None:
     # One source: retrieval must find the document that holds the answer, and the citation guard leaves the
     # model one marker to cite, so the citation is that document whatever SmolLM2 writes around it.
-    response = httpx.post(f"{stack.url}/ask", json={"question": question, "top_k": 1}, timeout=180)
+    response = httpx.post(f"{stack.url}/ask", json={"question": question, "top_k": 1}, timeout=180, headers=stack.auth)
     assert response.status_code == 200, response.text
     body = response.json()
     assert not body["degraded"] and not body["refused"], body
@@ -136,7 +150,7 @@ def test_cli_ask_shares_the_running_stack(stack: Stack) -> None:
 
 
 def test_search_endpoint_and_cli(stack: Stack) -> None:
-    body = httpx.post(f"{stack.url}/search", json={"query": "probation period"}, timeout=60).json()
+    body = httpx.post(f"{stack.url}/search", json={"query": "probation period"}, timeout=60, headers=stack.auth).json()
     assert body["hits"][0]["doc_id"] == "onboarding-guide.txt"
     out = subprocess.run(
         [KB, "search", "--json", "--mode", "bm25", "meal allowance international"],
@@ -155,12 +169,17 @@ def test_bad_requests_get_one_json_error_shape(stack: Stack) -> None:
         ("GET", "/no-such-route", None, 404),
     ]
     for method, path, payload, status in cases:
-        r = httpx.request(method, f"{stack.url}{path}", json=payload, timeout=30)
+        r = httpx.request(method, f"{stack.url}{path}", json=payload, timeout=30, headers=stack.auth)
         assert r.status_code == status, (path, payload, r.text)
         error = r.json()["error"]
         assert error["code"] and error["message"] and error["request_id"] == r.headers["x-request-id"]
-    r = httpx.post(f"{stack.url}/ask", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{stack.url}/ask", content=b"{not json", headers={"content-type": "application/json", **stack.auth}, timeout=30
+    )
     assert r.status_code == 422 and "error" in r.json()
+    # Without a key the answer is 401 before the body is even read.
+    r = httpx.post(f"{stack.url}/ask", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 
 def test_chat_ui_is_served(stack: Stack) -> None:
@@ -179,6 +198,7 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
         try:
             page = browser.new_page()
             page.goto(f"{stack.url}/ui/", wait_until="networkidle")
+            page.locator("#kb-key input").fill(stack.key)
             box = page.locator("#kb-question textarea")
             box.fill("How many days of annual leave do new employees get?")
             box.press("Enter")
@@ -193,7 +213,10 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
 
 def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
     payload = {"question": "How many days of annual leave do new employees get?", "stream": True}
-    with httpx.Client(timeout=180) as client, connect_sse(client, "POST", f"{stack.url}/ask", json=payload) as source:
+    with (
+        httpx.Client(timeout=180) as client,
+        connect_sse(client, "POST", f"{stack.url}/ask", json=payload, headers=stack.auth) as source,
+    ):
         assert source.response.status_code == 200
         assert source.response.headers["content-type"].startswith("text/event-stream")
         events = [(event.event, event.json()) for event in source.iter_sse()]
@@ -223,7 +246,7 @@ def test_bench_e2e_drives_the_api_and_vllm_with_the_same_prompts(stack: Stack) -
     questions.write_text("\n".join(json.dumps({"question": q}) for q, _ in QUESTIONS[:3:2]), encoding="utf-8")
     out = subprocess.run(
         [KB, "bench", "e2e", "--concurrency", "2", "--requests", "2", "--rounds", "1", "--questions",
-         str(questions), "--json"],
+         str(questions), "--api-key", stack.key, "--json"],
         env=stack.env, cwd=stack.home, capture_output=True, timeout=400, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr.decode()[-3000:]

@@ -37,7 +37,7 @@ def ask(asker_bytes: bytes, asker: str, status: int = 200) -> tuple[Sample, list
     async def go() -> Sample:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             if asker == "kb":
-                return await kb_asker("http://kb", "hr")(client, PROMPT)
+                return await kb_asker("http://kb", "hr", "kb_key_secret")(client, PROMPT)
             return await vllm_asker("http://llm/v1", "m", "secret", 32, 0.0)(client, PROMPT)
 
     return asyncio.run(go()), seen
@@ -48,6 +48,7 @@ def test_kb_asker_times_the_first_token_and_reads_usage_from_done() -> None:
     assert sample.ok and sample.completion_tokens == 7
     assert 0 < sample.ttft_ms <= sample.e2e_ms
     assert request.url == "http://kb/ask" and request.headers["accept"] == "text/event-stream"
+    assert request.headers["authorization"] == "Bearer kb_key_secret"
     assert json.loads(request.content) == {"question": PROMPT.question, "kb": "hr", "stream": True}
 
 
