@@ -114,3 +114,16 @@ def test_kb_retriever_cannot_be_built_without_the_callers_access(kb: Container) 
 
     with pytest.raises(ValidationError):
         KbRetriever(pipeline=kb.query)  # type: ignore[call-arg]
+
+
+def test_me_names_the_role_groups_and_only_the_granted_knowledge_bases(kb: Container) -> None:
+    kb.registry.create_knowledge_base("default", description="Company documents")
+    kb.registry.create_knowledge_base("finance", description="Finance only")
+    key = kb.keys.create(name="me-reader", role=Role.employee, groups=["hr"], kbs=["default", "not_created"])
+    r = TestClient(create_app(kb.settings, kb)).get("/me", headers={"Authorization": f"Bearer {key.secret}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["name"], body["role"], body["groups"]) == ("me-reader", "employee", ["hr"])
+    assert body["knowledge_bases"] == [{"name": "default", "description": "Company documents"}]
+    assert "ask" in body["permissions"] and "write_documents" not in body["permissions"]
+    assert TestClient(create_app(kb.settings, kb)).get("/me").status_code == 401
