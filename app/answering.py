@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from anyio import to_thread
@@ -73,7 +73,7 @@ class AnswerService:
         turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
         return turn.final_answer(result.text, result.usage)
 
-    async def stream(self, question: Question) -> AsyncIterator[StreamEvent]:
+    async def stream(self, question: Question) -> AsyncGenerator[StreamEvent]:
         """`token` events, then one `citations` event, then `done`; or `error` if the model fails mid-answer."""
         turn = await self._prepare(question)
         if not turn.retrieval.sources:

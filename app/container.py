@@ -8,7 +8,10 @@ from functools import cached_property
 from pathlib import Path
 
 from app.answering import AnswerService
+from app.audit import AuditLog
+from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
+from app.sensitive import SensitiveTerms
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
@@ -91,6 +94,18 @@ class Container:
     @cached_property
     def keys(self) -> KeyStore:
         return KeyStore(self.registry.engine)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.registry.engine, questions=self.settings.security.audit_questions)
+
+    @cached_property
+    def key_manager(self) -> KeyManager:
+        return KeyManager(self.keys, self.audit)
+
+    @cached_property
+    def sensitive(self) -> SensitiveTerms:
+        return SensitiveTerms.from_settings(self.settings.security)
 
     @cached_property
     def ingest(self) -> IngestPipeline:
@@ -201,4 +216,5 @@ class Container:
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
         _ = self.embedder, self.store, self.reranker, self.registry, self.keys, self.ingest, self.query, self.answers
+        _ = self.audit, self.sensitive
         self.embedder.embed(["warm-up"], "query")

@@ -73,6 +73,13 @@ class NotFound(KBError):
     code = "not_found"
 
 
+class Conflict(KBError):
+    """The thing exists already (a key name taken), or is in a state that forbids the change."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class ServiceUnavailable(KBError):
     status_code = 503
     code = "service_unavailable"
@@ -120,7 +127,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
+        # This handler runs outside every middleware, so it sets the request id header itself.
+        rid = _request_id(request)
+        log.exception("unhandled error", extra={"request_id": rid, "method": request.method, "path": request.url.path})
         return JSONResponse(
-            error_body("internal_error", "internal error; see the server log", _request_id(request)), status_code=500
+            error_body("internal_error", "internal error; see the server log", rid),
+            status_code=500,
+            headers={"x-request-id": rid} if rid else None,
         )

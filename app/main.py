@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from app.api import ask, health, me, search
+from app.api import admin_keys, ask, audit, health, me, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
+from app.request_context import RequestContext
 from app.settings import Settings
 from app.worker import run_worker
 
@@ -54,18 +54,15 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     ui_path = "/ui" if settings.api.ui_enabled else None
     app.add_middleware(AuthMiddleware, is_public=public_paths(ui_path=ui_path, docs_public=settings.api.docs_public))
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = rid[:64]
-        response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
+    # Added last, so it runs first: every request gets its id before anything can refuse it.
+    app.add_middleware(RequestContext, audit=lambda: container.audit)
 
     app.include_router(health.router)
     app.include_router(ask.router)
     app.include_router(search.router)
     app.include_router(me.router)
+    app.include_router(admin_keys.router)
+    app.include_router(audit.router)
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -120,6 +120,8 @@ class Answer(BaseModel):
     refused: bool = False
     degraded: bool = False
     grounded: bool = False
+    # The answer's text contained a sensitive term: replaced by a message, with no citations or passages.
+    withheld: bool = False
     # Per sentence, so that a UI can mark the sentences that cite nothing (empty for refusals and
     # degraded answers, which are not model text).
     sentences: list[SentenceGrounding] = Field(default_factory=list)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app.answering import Question
+from app.audit import Action, QuestionAudit
 from app.auth.deps import Searcher
 from app.deps import ContainerDep
 from app.schemas import SearchRequest, SearchResponse
@@ -13,9 +14,13 @@ router = APIRouter(tags=["search"])
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(body: SearchRequest, container: ContainerDep, caller: Searcher) -> SearchResponse:
+async def search(body: SearchRequest, request: Request, container: ContainerDep, caller: Searcher) -> SearchResponse:
+    audit = QuestionAudit(request, Action.search, kb=body.kb, question=body.query)
     caller.require_kb(body.kb)
+    await audit.refuse_sensitive(container.sensitive, body.query)
     retrieval = await container.answers.retrieve(
         Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)
     )
-    return SearchResponse.from_retrieval(body.query, retrieval)
+    response = SearchResponse.from_retrieval(body.query, retrieval)
+    await audit.record(docs=list(dict.fromkeys(hit.doc_id for hit in response.hits)))
+    return response

@@ -113,6 +113,12 @@ def _split(presented: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+def key_id_of(presented: str) -> str | None:
+    """The key id a presented key names (not secret: it is shown in `kb keys list`), if well formed."""
+    parts = _split(presented)
+    return parts[0] if parts else None
+
+
 class KeyStore:
     def __init__(self, engine: Engine) -> None:
         AppBase.metadata.create_all(engine)

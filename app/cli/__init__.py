@@ -18,6 +18,7 @@ import typer
 from rich.markup import escape
 
 from app.cli import (  # noqa: F401  (registers commands)
+    audit,
     config_models,
     ingest,
     keys,

@@ -3,39 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from app.cli._common import JsonOpt, cli, emit, fail, load_settings
+from app.durations import parse_duration
 
 if TYPE_CHECKING:
-    from app.auth.keys import KeyInfo, KeyStore
+    from app.auth.admin import KeyManager
+    from app.auth.keys import KeyInfo
 
 keys_cli = typer.Typer(help="API keys: create (shown once), list, revoke, rotate.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 
-_DURATION = re.compile(r"^(\d+)([dhm])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match or int(match[1]) == 0:
-        raise ValueError(f"{text!r} is not a duration like 90d, 12h or 30m")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+__all__ = ["keys_cli", "parse_duration", "split_list"]
 
 
 def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def _store() -> KeyStore:
+def _manager() -> KeyManager:
     from app.container import Container
 
-    return Container(load_settings()).keys
+    return Container(load_settings()).key_manager
 
 
 def _view(info: KeyInfo) -> dict[str, object]:
@@ -65,20 +57,20 @@ def create(  # noqa: PLR0917 - typer maps parameters to options
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key. The secret is printed once; only its salted hash is stored."""
-    from app.auth.keys import KeyError_, validate_key_fields
-    from app.auth.roles import KEY_ROLES, Role
+    from app.audit import Actor
+    from app.errors import InvalidRequest, KBError
 
-    if role not in {r.value for r in KEY_ROLES}:
-        fail(f"--role must be one of {', '.join(r.value for r in KEY_ROLES)}", 2)
     try:
         lifetime = parse_duration(expires) if expires else None
-        fields = validate_key_fields(name, split_list(groups), split_list(kb), split_list(allow_ip))
     except ValueError as exc:
         fail(str(exc), 2)
     try:
-        new = _store().create(role=Role(role), expires_in=lifetime, **fields)
-    except KeyError_ as exc:
-        fail(str(exc.args[0]), 1)
+        new = _manager().create(
+            Actor.local_admin(), name=name, role=role, groups=split_list(groups), kbs=split_list(kb),
+            cidrs=split_list(allow_ip), expires_in=lifetime,
+        )  # fmt: skip
+    except KBError as exc:
+        fail(exc.message, 2 if isinstance(exc, InvalidRequest) else 1)
     emit({**_view(new.info), "key": new.secret}, as_json, f"{new.secret}\n\n{_line(new.info)}\n(shown once)")
 
 
@@ -88,7 +80,7 @@ def list_keys(
     as_json: JsonOpt = False,
 ) -> None:
     """List keys (never their secrets)."""
-    infos = _store().list(include_revoked=all_)
+    infos = _manager().list(include_revoked=all_)
     emit([_view(i) for i in infos], as_json, "\n".join(_line(i) for i in infos) or "no keys")
 
 
@@ -98,12 +90,13 @@ def revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    from app.auth.keys import KeyError_
+    from app.audit import Actor
+    from app.errors import KBError
 
     try:
-        info = _store().revoke(key)
-    except KeyError_ as exc:
-        fail(str(exc.args[0]))
+        info = _manager().revoke(Actor.local_admin(), key)
+    except KBError as exc:
+        fail(exc.message)
     emit(_view(info), as_json, f"revoked {info.name}")
 
 
@@ -113,10 +106,11 @@ def rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Give a key a new secret (printed once); the old secret stops working at once."""
-    from app.auth.keys import KeyError_
+    from app.audit import Actor
+    from app.errors import KBError
 
     try:
-        new = _store().rotate(key)
-    except KeyError_ as exc:
-        fail(str(exc.args[0]))
+        new = _manager().rotate(Actor.local_admin(), key)
+    except KBError as exc:
+        fail(exc.message)
     emit({**_view(new.info), "key": new.secret}, as_json, f"{new.secret}\n\n{_line(new.info)}\n(shown once)")
