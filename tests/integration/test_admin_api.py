@@ -187,7 +187,7 @@ def test_an_unexpected_error_keeps_its_request_id(api: Api, caplog: pytest.LogCa
         raise RuntimeError("boom")
 
     with caplog.at_level(logging.INFO):
-        response = api.client.get("/boom", headers={"X-Request-Id": "trace-500"})
+        response = api.client.get("/boom", headers={"X-Request-Id": "trace-500", **api.as_(api.root)})
     assert response.status_code == 500 and response.headers["x-request-id"] == "trace-500"
     assert response.json()["error"] == {
         "code": "internal_error", "message": "internal error; see the server log", "request_id": "trace-500"
@@ -196,6 +196,7 @@ def test_an_unexpected_error_keeps_its_request_id(api: Api, caplog: pytest.LogCa
     assert error["request_id"] == "trace-500" and "RuntimeError: boom" in error["exc"]
     access = [r for r in caplog.records if r.name == "kb.access"]
     assert [(r.status, r.request_id) for r in access] == [(500, "trace-500")]  # type: ignore[attr-defined]
+    assert api.client.get("/boom").status_code == 401  # signed in first, like every route
 
 
 def test_the_audit_endpoint_filters_and_pages(api: Api) -> None:
