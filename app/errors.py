@@ -73,6 +73,13 @@ class NotFound(KBError):
     code = "not_found"
 
 
+class Conflict(KBError):
+    """The request clashes with what exists (a knowledge base of that name, say)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class ServiceUnavailable(KBError):
     status_code = 503
     code = "service_unavailable"

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from app.api import ask, health, search
+from app.api import admin_kbs, ask, health, search
 from app.container import Container
 from app.errors import install_error_handlers
 from app.settings import Settings
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(health.router)
     app.include_router(ask.router)
     app.include_router(search.router)
+    app.include_router(admin_kbs.router)
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -20,6 +20,7 @@ from rich.markup import escape
 from app.cli import (  # noqa: F401  (registers commands)
     config_models,
     ingest,
+    kbs,
     keys,
     query,
     serve,
