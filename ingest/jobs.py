@@ -37,7 +37,8 @@ class JobRow(Base):
     stage: Mapped[str] = mapped_column(String(16), default="queued")
     current_file: Mapped[str] = mapped_column(String(2048), default="")
     # None (JSON null): not given, so each document keeps its own, or a new one gets its kb's defaults;
-    # a list, even an empty one, replaces them.
+    # a list, even an empty one, replaces them. Stored as JSON null, so a column made NOT NULL by an older
+    # kb still takes it.
     acl_groups: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     tags: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     files_total: Mapped[int] = mapped_column(Integer, default=0)

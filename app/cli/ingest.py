@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from ingest.job_views import JobInfo
 
 jobs_cli = typer.Typer(help="Ingestion jobs: progress, errors, and the worker that runs them.", no_args_is_help=True)
-docs_cli = typer.Typer(help="Documents in a knowledge base: list, show, history, delete.", no_args_is_help=True)
+docs_cli = typer.Typer(
+    help="Documents in a knowledge base: list, show, history, delete, set-acl.", no_args_is_help=True
+)
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(docs_cli, name="docs")
 
@@ -208,7 +210,8 @@ def docs_list(kb: KbOpt = "default", deleted: bool = False, as_json: JsonOpt = F
     docs = container.documents.documents(kb, include_deleted=deleted)
     data = [_data(d) for d in docs]
     human = "\n".join(f"{d.status:8} {d.doc_id}  v{d.current_version}  {d.title[:50]}"
-                      + (f"  groups={','.join(d.acl_groups)}" if d.acl_groups else "") for d in docs)  # fmt: skip
+                      + f"  groups={','.join(d.acl_groups) or '-'}"
+                      + ("  (hidden: access change pending)" if d.access_pending else "") for d in docs)  # fmt: skip
     emit(data, as_json, human or "no documents")
 
 
