@@ -11,8 +11,10 @@ from app.answering import AnswerService
 from app.audit import AuditLog
 from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
+from app.kbs import KnowledgeBases
 from app.sensitive import SensitiveTerms
 from app.settings import Settings
+from ingest.access import DocumentAccess
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
 from ingest.jobs import JobStore
@@ -138,7 +140,26 @@ class Container:
     @cached_property
     def documents(self) -> DocumentService:
         # Queueing, following and deleting need only the database; a worker does the rest.
-        return DocumentService(registry=self.registry, jobs=self.jobs)
+        return DocumentService(
+            registry=self.registry, jobs=self.jobs, default_groups=self.settings.security.default_groups
+        )
+
+    @cached_property
+    def kbs(self) -> KnowledgeBases:
+        return KnowledgeBases(
+            registry=self.registry,
+            drop_collection=self._drop_collection,
+            default_groups=self.settings.security.default_groups,
+        )
+
+    def _drop_collection(self, kb: str) -> None:
+        # The store (and the embedding model it is sized by) opens only when a knowledge base is deleted.
+        self.store.drop(kb)
+
+    @cached_property
+    def access(self) -> DocumentAccess:
+        # Rewrites chunks in place: no embedding, but the store (which checks its dimension) is opened.
+        return DocumentAccess(registry=self.registry, store=self.store)
 
     @property
     def uploads_dir(self) -> Path:
@@ -149,7 +170,10 @@ class Container:
         return ArchiveLimits(max_total_bytes=self.settings.ingest.max_archive_mb * 1024 * 1024)
 
     def worker(self) -> JobWorker:
-        return JobWorker(jobs=self.jobs, pipeline=self.ingest, versions=self.versions, uploads_dir=self.uploads_dir)
+        return JobWorker(
+            jobs=self.jobs, pipeline=self.ingest, versions=self.versions, uploads_dir=self.uploads_dir,
+            access=self.access,
+        )  # fmt: skip
 
     @cached_property
     def query(self) -> QueryPipeline:

@@ -74,7 +74,7 @@ class NotFound(KBError):
 
 
 class Conflict(KBError):
-    """The thing exists already (a key name taken), or is in a state that forbids the change."""
+    """The request clashes with what exists (a key or knowledge base of that name), or with its state."""
 
     status_code = 409
     code = "conflict"

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin_keys, ask, audit, health, me, search
+from app.api import admin_kbs, admin_keys, ask, audit, health, me, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(me.router)
     app.include_router(admin_keys.router)
     app.include_router(audit.router)
+    app.include_router(admin_kbs.router)
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -6,6 +6,9 @@
   detached, so that the job still completes, and retired chunks are still purged, after the CLI exits.
   It logs to $KB_HOME/logs/worker.log.
 
+Every poll also finishes access changes (`kb docs set-acl`) left part-way by a process that died or a
+store that failed: their documents stay hidden until then.
+
 A worker started "until idle" leaves when no job is queued and no retired version waits for its purge.
 """
 

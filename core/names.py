@@ -6,3 +6,10 @@ import re
 
 KB_NAME_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
 KB_NAME = re.compile(KB_NAME_PATTERN)
+
+# ACL groups, on keys and on documents alike (a document's group must be one a key can hold).
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+GROUP_NAME = re.compile(GROUP_NAME_PATTERN)
+# Tags are free text for people, short of what would break a comma-separated list or a log line.
+TAG_PATTERN = r"^[^,\x00-\x1f\x7f]{1,128}$"
+TAG = re.compile(TAG_PATTERN)

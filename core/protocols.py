@@ -64,6 +64,11 @@ class VectorStore(Protocol):
 
     def delete_version(self, kb: str, doc_id: str, version: int) -> None: ...
 
+    def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
+        """Replace the groups and tags of every chunk of one version, vectors untouched, and make the change
+        searchable before returning; how many chunks were rewritten (0 for an unknown kb or version)."""
+        ...
+
     def count(self, kb: str) -> int: ...
 
     def search(

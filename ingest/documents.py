@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from core.names import KB_NAME
 from ingest.errors import LoadError
 from ingest.job_views import JobInfo, JobSummary
 from ingest.jobs import JobFile, JobStore
+from ingest.labels import InvalidAccess, check_labels
 from ingest.registry import DocumentRow, Registry, VersionRow
 from ingest.sources import ArchiveLimits, expand_sources
 
@@ -60,20 +62,25 @@ class DocumentInfo:
     created_at: datetime
     updated_at: datetime
     current: VersionInfo | None = None
+    # True while a change of its groups or tags is under way (or was left part-way): hidden from readers.
+    access_pending: bool = False
 
     @classmethod
-    def of(cls, row: DocumentRow, current: VersionRow | None = None) -> DocumentInfo:
+    def of(cls, row: DocumentRow, current: VersionRow | None = None, *, access_pending: bool = False) -> DocumentInfo:
         return cls(
             kb=row.kb, doc_id=row.doc_id, title=row.title, source=row.source, status=row.status,
             current_version=row.current_version, acl_groups=list(row.acl_groups), tags=list(row.tags),
             created_at=row.created_at, updated_at=row.updated_at, current=VersionInfo.of(current) if current else None,
+            access_pending=access_pending,
         )  # fmt: skip
 
 
 class DocumentService:
-    def __init__(self, *, registry: Registry, jobs: JobStore) -> None:
+    def __init__(self, *, registry: Registry, jobs: JobStore, default_groups: Sequence[str] = ()) -> None:
         self._registry = registry
         self._jobs = jobs
+        # The groups a knowledge base first named by an ingest gets for its documents (settings).
+        self._default_groups = list(default_groups)
 
     def submit(
         self,
@@ -81,14 +88,23 @@ class DocumentService:
         *,
         kb: str,
         uploads_dir: Path,
-        acl_groups: Sequence[str] = (),
-        tags: Sequence[str] = (),
+        acl_groups: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
         doc_id: str | None = None,
         archive_limits: ArchiveLimits = ArchiveLimits(),
     ) -> str:
-        """Queue an ingestion job for files, folders and zip archives; returns the job id."""
+        """Queue an ingestion job for files, folders and zip archives; returns the job id.
+
+        Groups and tags not given (None) are each document's own, or for a new one its knowledge base's
+        default groups; given ones (even empty) replace them. A knowledge base not seen before is created
+        with the configured default groups."""
         if doc_id is not None and (len(paths) != 1 or paths[0].is_dir()):
             raise LoadError("a document id can only be given for a single file")
+        if not KB_NAME.match(kb):
+            raise InvalidAccess(f"knowledge base {kb!r} must be 1-64 letters, digits or underscores")
+        groups = check_labels(acl_groups, "group") if acl_groups is not None else None
+        labels = check_labels(tags, "tag") if tags is not None else None
+        self._registry.create_knowledge_base(kb, default_groups=self._default_groups)
         job_id = self._jobs.new_id()
         files = []
         for source in expand_sources(paths, doc_id=doc_id, extract_dir=uploads_dir / job_id, limits=archive_limits):
@@ -99,7 +115,7 @@ class DocumentService:
                     error=str(error) if error else "", error_code=error.code if error else "",
                 )
             )  # fmt: skip
-        return self._jobs.create(kb, files, acl_groups=list(acl_groups), tags=list(tags), job_id=job_id)
+        return self._jobs.create(kb, files, acl_groups=groups, tags=labels, job_id=job_id)
 
     def job(self, job_id: str) -> JobInfo | None:
         view = self._jobs.get(job_id)
@@ -109,14 +125,18 @@ class DocumentService:
         return [JobSummary.of(row) for row in self._jobs.recent(limit=limit)]
 
     def documents(self, kb: str, *, include_deleted: bool = False) -> list[DocumentInfo]:
-        return [DocumentInfo.of(row) for row in self._registry.documents(kb, include_deleted=include_deleted)]
+        pending = {doc_id for _, doc_id in self._registry.access_pending(kb)}
+        return [
+            DocumentInfo.of(row, access_pending=row.doc_id in pending)
+            for row in self._registry.documents(kb, include_deleted=include_deleted)
+        ]
 
     def show(self, kb: str, doc_id: str) -> DocumentInfo:
         row = self._registry.document(kb, doc_id)
         if row is None:
             raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
         current = next((v for v in self._registry.versions(kb, doc_id) if v.version == row.current_version), None)
-        return DocumentInfo.of(row, current)
+        return DocumentInfo.of(row, current, access_pending=(kb, doc_id) in self._registry.access_pending(kb))
 
     def history(self, kb: str, doc_id: str) -> list[VersionInfo]:
         if self._registry.document(kb, doc_id) is None:

@@ -55,3 +55,9 @@ class UnsafeArchive(LoadError):
     """A zip bomb, too many members, or nested archives."""
 
     code = "unsafe_archive"
+
+
+class UnsafeLink(LoadError):
+    """A symbolic link inside an ingested folder that points outside it: not followed."""
+
+    code = "unsafe_link"

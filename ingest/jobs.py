@@ -36,8 +36,11 @@ class JobRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     stage: Mapped[str] = mapped_column(String(16), default="queued")
     current_file: Mapped[str] = mapped_column(String(2048), default="")
-    acl_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
-    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # None (JSON null): not given, so each document keeps its own, or a new one gets its kb's defaults;
+    # a list, even an empty one, replaces them. Stored as JSON null, so a column made NOT NULL by an older
+    # kb still takes it.
+    acl_groups: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    tags: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     files_total: Mapped[int] = mapped_column(Integer, default=0)
     files_done: Mapped[int] = mapped_column(Integer, default=0)
     files_failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -99,8 +102,9 @@ class JobStore:
         return uuid.uuid4().hex
 
     def create(
-        self, kb: str, files: list[JobFile], *, acl_groups: list[str], tags: list[str], job_id: str | None = None
-    ) -> str:
+        self, kb: str, files: list[JobFile], *, acl_groups: list[str] | None, tags: list[str] | None,
+        job_id: str | None = None,
+    ) -> str:  # fmt: skip
         job_id = job_id or self.new_id()
         with self._registry.session() as session:
             failed = [f for f in files if f.error]

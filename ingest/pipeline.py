@@ -83,11 +83,14 @@ class IngestPipeline:
         tasks: Iterable[FileTask],
         *,
         kb: str = "default",
-        acl_groups: Sequence[str] = (),
-        tags: Sequence[str] = (),
+        acl_groups: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
         job_id: str = "",
     ) -> Iterator[IngestEvent]:
-        """Index files in order, as a stream of events: each file starts, progresses, and finishes once."""
+        """Index files in order, as a stream of events: each file starts, progresses, and finishes once.
+
+        Groups and tags not given (None) are each document's own, or for a new document its knowledge
+        base's default groups (see `Versions.begin`); given ones replace them."""
         with Batcher(self._embedder, self._store, kb, batch_size=self._batch) as batcher:
             open_files: dict[int, _Indexing] = {}  # by position in `tasks`
             for n, task in enumerate(tasks):
@@ -148,7 +151,7 @@ class IngestPipeline:
                 yield self._rollback(file, outcome.error)
 
     def _begin(
-        self, task: FileTask, *, kb: str, acl_groups: Sequence[str], tags: Sequence[str], job_id: str
+        self, task: FileTask, *, kb: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None, job_id: str
     ) -> _Indexing | IngestResult:
         path, doc_id = task.path, task.doc_id
         try:
@@ -162,7 +165,7 @@ class IngestPipeline:
                 path=str(path), doc_id=doc_id, status="unchanged", version=begun.version, chunks=begun.chunks,
                 pages=begun.pages,
             )  # fmt: skip
-        return _Indexing(task, Version(doc_id, begun.version, kb, tuple(acl_groups), tuple(tags)))
+        return _Indexing(task, Version(doc_id, begun.version, kb, begun.acl_groups, begun.tags))
 
     def _publish(self, file: _Indexing) -> FileFinished:
         into = file.into
@@ -193,14 +196,16 @@ class IngestPipeline:
 
     # -- synchronous ingestion, without a job ---------------------------------------------------------
     def ingest_file(
-        self, path: Path, *, doc_id: str, kb: str = "default", acl_groups: Sequence[str] = (), tags: Sequence[str] = ()
-    ) -> IngestResult:
+        self, path: Path, *, doc_id: str, kb: str = "default", acl_groups: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> IngestResult:  # fmt: skip
         """Index one file as a new version of `doc_id`; a bad file leaves everything as it was."""
         return self._results([FileTask(path=path, doc_id=doc_id)], kb=kb, acl_groups=acl_groups, tags=tags)[0]
 
     def ingest_paths(
-        self, paths: Iterable[Path], *, kb: str = "default", acl_groups: Sequence[str] = (), tags: Sequence[str] = ()
-    ) -> list[IngestResult]:
+        self, paths: Iterable[Path], *, kb: str = "default", acl_groups: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[IngestResult]:  # fmt: skip
         """Ingest files, folders and zip archives synchronously, without a job (demo data at first start,
         evaluation, tests). Replaced versions are hidden at once and purged by the schedule (a worker)."""
         sources = list(expand_sources(paths))
@@ -219,7 +224,7 @@ class IngestPipeline:
         return results
 
     def _results(
-        self, tasks: Sequence[FileTask], *, kb: str, acl_groups: Sequence[str], tags: Sequence[str]
+        self, tasks: Sequence[FileTask], *, kb: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None
     ) -> list[IngestResult]:
         finished = {
             id(e.task): e.result

@@ -7,10 +7,11 @@ see, and the switch from old to new is the single SQL transaction in `publish`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
@@ -23,11 +24,15 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from core.names import KB_NAME
 
 
 def now() -> datetime:
@@ -109,6 +114,38 @@ class VersionRow(Base):
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class PendingAccessRow(Base):
+    """A change of a document's groups and tags whose chunks are not all rewritten yet. While the row
+    exists the document is hidden from every reader (fail closed); whoever holds the claim rewrites the
+    chunks, and a worker takes over a claim whose holder died (`claimed_until` passed)."""
+
+    __tablename__ = "pending_access"
+    __table_args__ = (ForeignKeyConstraint(["kb", "doc_id"], ["documents.kb", "documents.doc_id"], ondelete="CASCADE"),)
+
+    kb: Mapped[str] = mapped_column(String(128), primary_key=True)
+    doc_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    acl_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A new id for every request: a rewrite finished for an older request does not count for a newer one.
+    change_id: Mapped[str] = mapped_column(String(32))
+    # Bumped by every claim, so that a claim is a conditional UPDATE two processes cannot both win.
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    """What a document's chunks must carry: the groups and tags of the latest request, for its current version."""
+
+    kb: str
+    doc_id: str
+    version: int
+    acl_groups: list[str]
+    tags: list[str]
+    change_id: str
+
+
 @dataclass(frozen=True)
 class VersionRef:
     doc_id: str
@@ -182,17 +219,25 @@ class Registry:
             return list(session.scalars(query.order_by(VersionRow.version.desc())))
 
     def hidden_versions(self, kb: str) -> list[VersionRef]:
-        """Versions whose chunks may be in the store but that readers must not see."""
+        """Versions whose chunks may be in the store but that readers must not see: replaced, deleted or
+        not yet published ones, and every version of a document whose groups are being changed."""
         with self._sessions() as session:
             rows = session.execute(
-                select(VersionRow.doc_id, VersionRow.version, DocumentRow.current_version, DocumentRow.status)
+                select(
+                    VersionRow.doc_id, VersionRow.version, DocumentRow.current_version, DocumentRow.status,
+                    PendingAccessRow.change_id,
+                )
                 .join(DocumentRow, (DocumentRow.kb == VersionRow.kb) & (DocumentRow.doc_id == VersionRow.doc_id))
+                .outerjoin(
+                    PendingAccessRow,
+                    (PendingAccessRow.kb == VersionRow.kb) & (PendingAccessRow.doc_id == VersionRow.doc_id),
+                )
                 .where(VersionRow.kb == kb, VersionRow.purged.is_(False))
-            ).all()
+            ).all()  # fmt: skip
         return [
             VersionRef(doc_id, version)
-            for doc_id, version, current, doc_status in rows
-            if version != current or doc_status == "deleted"
+            for doc_id, version, current, doc_status, pending in rows
+            if version != current or doc_status == "deleted" or pending is not None
         ]
 
     def retired(self, kb: str | None = None) -> list[RetiredVersion]:
@@ -228,6 +273,118 @@ class Registry:
             row = session.get(KnowledgeBaseRow, name)
             return KnowledgeBase.of(row) if row is not None else None
 
+    def document_counts(self) -> dict[str, int]:
+        """Documents (not deleted) per knowledge base."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(DocumentRow.kb, func.count()).where(DocumentRow.status != "deleted").group_by(DocumentRow.kb)
+            ).all()
+        return {kb: int(n) for kb, n in rows}
+
+    def resolve_access(
+        self, kb: str, doc_id: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None
+    ) -> tuple[list[str], list[str]]:
+        """The groups and tags a new version of `doc_id` gets: those given, else the document's own (the
+        ones a pending change is giving it, if any), else for a new document its knowledge base's default
+        groups and no tags. A knowledge base without a row gets one here, with no default groups: readable
+        by admins only until someone grants more."""
+        with self.session() as session:
+            doc = session.get(DocumentRow, (kb, doc_id))
+            if doc is not None and doc.current_version:
+                held: DocumentRow | PendingAccessRow = session.get(PendingAccessRow, (kb, doc_id)) or doc
+                groups, labels = list(held.acl_groups), list(held.tags)
+            else:
+                row = session.get(KnowledgeBaseRow, kb)
+                if row is None and KB_NAME.match(kb):
+                    row = KnowledgeBaseRow(name=kb, description="", default_groups=[], created_at=now())
+                    session.add(row)
+                groups, labels = (list(row.default_groups) if row is not None else []), []
+        return (groups if acl_groups is None else list(acl_groups), labels if tags is None else list(tags))
+
+    # -- access changes ----------------------------------------------------------------------------
+    def request_access_change(
+        self, kb: str, doc_id: str, *, acl_groups: Sequence[str] | None, tags: Sequence[str] | None
+    ) -> AccessChange | None:
+        """Record new groups and/or tags (None: keep) for a published document and hide it from readers
+        until its chunks carry them; None when there is no such document (or none published, or deleted)."""
+        with self.session() as session:
+            doc = session.get(DocumentRow, (kb, doc_id))
+            if doc is None or not doc.current_version or doc.status == "deleted":
+                return None
+            pending = session.get(PendingAccessRow, (kb, doc_id))
+            base: DocumentRow | PendingAccessRow = pending or doc
+            groups = list(base.acl_groups) if acl_groups is None else list(acl_groups)
+            labels = list(base.tags) if tags is None else list(tags)
+            change_id = uuid.uuid4().hex
+            if pending is None:
+                session.add(
+                    PendingAccessRow(kb=kb, doc_id=doc_id, acl_groups=groups, tags=labels, change_id=change_id,
+                                     claims=0, requested_at=now())
+                )  # fmt: skip
+            else:
+                pending.acl_groups, pending.tags, pending.change_id = groups, labels, change_id
+                pending.requested_at = now()
+            return AccessChange(kb, doc_id, doc.current_version, groups, labels, change_id)
+
+    def claim_access_change(self, kb: str, doc_id: str, *, lease_s: float) -> AccessChange | None:
+        """The pending change of `doc_id`, claimed for `lease_s` seconds by the caller, who rewrites the
+        chunks; None when nothing is pending or another process holds an unexpired claim."""
+        with self.session() as session:
+            pending = session.get(PendingAccessRow, (kb, doc_id))
+            doc = session.get(DocumentRow, (kb, doc_id))
+            if pending is None or doc is None:
+                return None
+            if pending.claimed_until is not None and as_utc(pending.claimed_until) > now():
+                return None
+            taken = session.execute(
+                update(PendingAccessRow)
+                .where(PendingAccessRow.kb == kb, PendingAccessRow.doc_id == doc_id,
+                       PendingAccessRow.claims == pending.claims)
+                .values(claims=pending.claims + 1, claimed_until=now() + timedelta(seconds=lease_s))
+                .execution_options(synchronize_session=False)
+            )  # fmt: skip
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return AccessChange(
+                kb, doc_id, doc.current_version, list(pending.acl_groups), list(pending.tags), pending.change_id
+            )
+
+    def finish_access_change(self, change: AccessChange) -> bool:
+        """Publish the groups and tags the chunks now carry, and show the document again; False (and the
+        claim released) when a newer request or a newly published version came meanwhile."""
+        with self.session() as session:
+            pending = session.get(PendingAccessRow, (change.kb, change.doc_id))
+            doc = session.get(DocumentRow, (change.kb, change.doc_id))
+            if pending is None or doc is None:
+                return False
+            if pending.change_id != change.change_id or doc.current_version != change.version:
+                pending.claimed_until = None
+                return False
+            doc.acl_groups, doc.tags = list(change.acl_groups), list(change.tags)
+            row = session.get(VersionRow, (change.kb, change.doc_id, change.version))
+            if row is not None:
+                row.acl_groups, row.tags = list(change.acl_groups), list(change.tags)
+            session.delete(pending)
+            return True
+
+    def release_access_change(self, kb: str, doc_id: str) -> None:
+        """Give up a claim (the rewrite failed): the next repair pass may take it at once."""
+        with self.session() as session:
+            pending = session.get(PendingAccessRow, (kb, doc_id))
+            if pending is not None:
+                pending.claimed_until = None
+
+    def access_pending(self, kb: str | None = None, *, claimable: bool = False) -> list[tuple[str, str]]:
+        """(kb, doc_id) of documents hidden by a change not finished; `claimable`: only those whose claim
+        is free or expired (left by a process that died)."""
+        query = select(PendingAccessRow.kb, PendingAccessRow.doc_id, PendingAccessRow.claimed_until)
+        if kb is not None:
+            query = query.where(PendingAccessRow.kb == kb)
+        with self._sessions() as session:
+            rows = session.execute(query.order_by(PendingAccessRow.requested_at)).all()
+        moment = now()
+        return [(k, d) for k, d, until in rows if not claimable or until is None or as_utc(until) <= moment]
+
     # -- knowledge bases --------------------------------------------------------------------------
     def create_knowledge_base(
         self, name: str, *, description: str = "", default_groups: list[str] | None = None
@@ -257,15 +414,16 @@ class Registry:
             return KnowledgeBase.of(row)
 
     def delete_knowledge_base(self, name: str) -> bool:
-        """Forget the knowledge base and its documents (the caller drops its collection)."""
+        """Forget the knowledge base and its documents, with their versions (the caller drops its
+        collection); False when there was neither."""
         with self.session() as session:
             row = session.get(KnowledgeBaseRow, name)
-            if row is None:
-                return False
-            for doc in session.scalars(select(DocumentRow).where(DocumentRow.kb == name)):
+            docs = list(session.scalars(select(DocumentRow).where(DocumentRow.kb == name)))
+            for doc in docs:
                 session.delete(doc)
-            session.delete(row)
-            return True
+            if row is not None:
+                session.delete(row)
+            return row is not None or bool(docs)
 
     # -- writes -----------------------------------------------------------------------------------
     def begin_version(

@@ -3,11 +3,14 @@
 Document ids come from the admin or from the path relative to the folder given. An id that could escape
 (`..`, absolute, drive letters, control characters) is refused, and so is an archive member with such a
 name. Archives are unpacked with limits on member count, total size and compression ratio (zip bombs),
-and archives inside archives are refused rather than unpacked.
+and archives inside archives are refused rather than unpacked. A symbolic link in a folder that points
+outside the folder is not followed but reported as failed (`unsafe_link`): a folder must not pull in
+files its owner never put there.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import zipfile
@@ -15,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ingest.errors import CorruptFile, EncryptedFile, LoadError, UnsafeArchive, UnsafeName
+from ingest.errors import CorruptFile, EncryptedFile, LoadError, UnsafeArchive, UnsafeLink, UnsafeName
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar")
@@ -61,10 +64,39 @@ def expand_sources(
     """Every file to ingest. `doc_id` names a single file explicitly; zips unpack under `extract_dir`."""
     for path in paths:
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))):
-                yield from _one(file, file.relative_to(path).as_posix(), extract_dir, limits)
+            for file, error in _folder_files(path):
+                raw_id = file.relative_to(path).as_posix()
+                if error is not None:
+                    yield Source(path=file, doc_id=raw_id[:512], error=error)
+                else:
+                    yield from _one(file, raw_id, extract_dir, limits)
         else:
             yield from _one(path, doc_id or path.name, extract_dir, limits)
+
+
+def _folder_files(folder: Path) -> list[tuple[Path, UnsafeLink | None]]:
+    """The files under `folder` in path order, hidden ones left out. Links are not followed out of it: one
+    that points outside comes with an UnsafeLink error, one to a folder inside is skipped (its files come
+    under their own path), one to a file inside is a file."""
+    root = folder.resolve()
+    found: list[tuple[Path, UnsafeLink | None]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in [*dirnames, *filenames]:
+            entry = here / name
+            if name.startswith("."):
+                continue
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(root):
+                    where = entry.relative_to(folder).as_posix()
+                    found.append((entry, UnsafeLink(f"{where} is a link to {target}, outside {folder}: not followed")))
+                elif name in filenames and target.is_file():
+                    found.append((entry, None))
+            elif name in filenames and entry.is_file():
+                found.append((entry, None))
+    return sorted(found, key=lambda pair: pair[0])
 
 
 def _hidden(relative: Path) -> bool:

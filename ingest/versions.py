@@ -39,6 +39,9 @@ class Begun:
     unchanged: bool = False
     chunks: int = 0
     pages: int | None = None
+    # The groups and tags the version carries, resolved (given, else the document's, else its kb's defaults).
+    acl_groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 class Versions:
@@ -56,23 +59,31 @@ class Versions:
         self._clock = clock  # a seam for tests of the schedule; the registry stamps with real time
 
     def begin(
-        self, kb: str, doc_id: str, path: Path, *, acl_groups: Sequence[str], tags: Sequence[str], job_id: str = ""
-    ) -> Begun:
-        """Start a new version of `doc_id` from `path`, unless it would be identical to the current one."""
+        self, kb: str, doc_id: str, path: Path, *, acl_groups: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None, job_id: str = "",
+    ) -> Begun:  # fmt: skip
+        """Start a new version of `doc_id` from `path`, unless it would be identical to the current one.
+
+        Groups and tags not given (None) are the document's own, or a new document's kb defaults; an
+        empty list given is meant (readable by admins only)."""
         sha = sha256_file(path)
+        groups, labels = self._registry.resolve_access(kb, doc_id, acl_groups, tags)
         current = self._registry.current_version(kb, doc_id)
         if (
             current is not None
             and current.sha256 == sha
-            and list(current.acl_groups) == list(acl_groups)
-            and list(current.tags) == list(tags)
+            and list(current.acl_groups) == groups
+            and list(current.tags) == labels
         ):
-            return Begun(current.version, unchanged=True, chunks=current.chunk_count, pages=current.pages)
+            return Begun(
+                current.version, unchanged=True, chunks=current.chunk_count, pages=current.pages,
+                acl_groups=tuple(groups), tags=tuple(labels),
+            )  # fmt: skip
         version = self._registry.begin_version(
             kb, doc_id, title=path.stem, source=str(path), sha256=sha, size=path.stat().st_size,
-            acl_groups=list(acl_groups), tags=list(tags), job_id=job_id,
+            acl_groups=groups, tags=labels, job_id=job_id,
         )  # fmt: skip
-        return Begun(version)
+        return Begun(version, acl_groups=tuple(groups), tags=tuple(labels))
 
     def publish(
         self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int,

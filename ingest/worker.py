@@ -1,5 +1,6 @@
-"""JobWorker: takes queued ingestion jobs from the SQL queue, runs them through the IngestPipeline, and
-purges retired versions when their grace period has passed.
+"""JobWorker: takes queued ingestion jobs from the SQL queue, runs them through the IngestPipeline,
+purges retired versions when their grace period has passed, and finishes access changes (new groups or
+tags of a document) that a process left part-way.
 
 The worker is the one process that always runs while kb ingests (the API's thread, `kb jobs work`, or the
 background worker `kb ingest` starts), so the purge schedule lives in its loop: every poll deletes what
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from ingest.access import DocumentAccess
 from ingest.events import FileFinished, FileProgress, FileStarted, FileTask, Progress
 from ingest.jobs import JobStore, worker_name
 from ingest.pipeline import IngestPipeline
@@ -30,6 +32,7 @@ class JobWorker:
         pipeline: IngestPipeline,
         versions: Versions,
         uploads_dir: Path,
+        access: DocumentAccess | None = None,
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
         progress_every_s: float = 0.5,
@@ -37,6 +40,7 @@ class JobWorker:
         self._jobs = jobs
         self._pipeline = pipeline
         self._versions = versions
+        self._access = access
         self.uploads_dir = uploads_dir
         self._poll = poll_s
         self._beat = heartbeat_s
@@ -67,6 +71,7 @@ class JobWorker:
         try:
             while not stop.is_set():
                 self._jobs.worker_beat(self.name)
+                self.repair_access()
                 due_in = self.purge_due()
                 job_id = self._jobs.claim(self.name)
                 if job_id is not None:
@@ -81,6 +86,16 @@ class JobWorker:
         finally:
             self._jobs.worker_gone(self.name)
         return done
+
+    def repair_access(self) -> int:
+        """Finish access changes a process left part-way (their documents are hidden until then)."""
+        if self._access is None:
+            return 0
+        try:
+            return self._access.repair()
+        except Exception:  # a registry that is busy now is retried at the next poll
+            log.warning("repairing access changes failed", exc_info=True)
+            return 0
 
     def purge_due(self) -> float | None:
         """Purge what is due in every knowledge base; seconds until the next purge (None: nothing waits)."""

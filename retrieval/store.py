@@ -26,6 +26,7 @@ _OUTPUT_FIELDS = [
     "section", "category", "acl_groups", "tags", "token_count",
 ]  # fmt: skip
 _MAX_TEXT = 65535
+_PAGE = 512  # chunks read back and rewritten per round trip (update_access)
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
 
 
@@ -226,6 +227,39 @@ class MilvusStore:
             name,
             filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
         )
+
+    def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
+        """Give every chunk of one version new groups and tags without embedding anything again.
+
+        Milvus cannot update a field in place: each chunk is read back whole (its dense vector too) and
+        upserted. The BM25 vector is the text_bm25 function's output, so the upsert recomputes it. The ids
+        are listed first and the chunks rewritten by id, so that the rewrite never pages through rows it is
+        changing; a document of any size goes in batches."""
+        name = self.collection(kb)
+        if name not in self._ready and not self._client.has_collection(name):
+            return 0
+        self.ensure_collection(kb)
+        expr = f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}"
+        ids: list[str] = []
+        pages = self._client.query_iterator(name, batch_size=_PAGE, filter=expr, output_fields=["chunk_id"])
+        try:
+            while batch := pages.next():
+                ids.extend(str(row["chunk_id"]) for row in batch)
+        finally:
+            pages.close()
+        groups, labels = list(acl_groups), list(tags)
+        for start in range(0, len(ids), _PAGE):
+            rows = self._client.get(name, ids=ids[start : start + _PAGE], output_fields=[*_OUTPUT_FIELDS, "dense"])
+            self._client.upsert(
+                name,
+                [
+                    {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
+                     "acl_groups": groups, "tags": labels}
+                    for row in rows
+                ],
+            )  # fmt: skip
+        self._client.flush(name)
+        return len(ids)
 
     def count(self, kb: str) -> int:
         name = self.ensure_collection(kb)

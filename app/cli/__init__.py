@@ -21,6 +21,7 @@ from app.cli import (  # noqa: F401  (registers commands)
     audit,
     config_models,
     ingest,
+    kbs,
     keys,
     query,
     serve,

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from ingest.job_views import JobInfo
 
 jobs_cli = typer.Typer(help="Ingestion jobs: progress, errors, and the worker that runs them.", no_args_is_help=True)
-docs_cli = typer.Typer(help="Documents in a knowledge base: list, show, history, delete.", no_args_is_help=True)
+docs_cli = typer.Typer(
+    help="Documents in a knowledge base: list, show, history, delete, set-acl.", no_args_is_help=True
+)
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(docs_cli, name="docs")
 
@@ -41,19 +43,40 @@ def _data(view: JobInfo | DocumentInfo | VersionInfo) -> dict[str, object]:
 
 
 # -- ingest -----------------------------------------------------------------------------------
+_ACL_HELP = (
+    "Group allowed to read (repeat). Not given: each document keeps its groups, a new one gets its knowledge "
+    "base's default groups. Given: replaces them; --acl '' for none (admins only)."
+)
+_TAG_HELP = "Tag (repeat). Not given: each document keeps its tags. Given: replaces them; --tag '' for none."
+
+
+def _given(values: list[str] | None) -> list[str] | None:
+    """None when the option was not given (keep / kb default); a list, possibly empty, when it was."""
+    return None if values is None else [v for v in values if v.strip()]
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
 @cli.command()
 def ingest(  # noqa: PLR0917 - typer maps parameters to options
     paths: Annotated[list[Path], typer.Argument(help="Files, folders or zip archives.")],
     kb: KbOpt = "default",
     doc_id: Annotated[Optional[str], typer.Option("--doc-id", help="Document id for a single file.")] = None,  # noqa: UP045
-    acl: Annotated[Optional[list[str]], typer.Option("--acl", help="Group allowed to read (repeat).")] = None,  # noqa: UP045
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag (repeat).")] = None,  # noqa: UP045
+    acl: Annotated[Optional[list[str]], typer.Option("--acl", help=_ACL_HELP)] = None,  # noqa: UP045
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help=_TAG_HELP)] = None,  # noqa: UP045
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job, with a progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue documents for ingestion (parse, chunk, embed, index). Unchanged files are skipped."""
+    """Queue documents for ingestion (parse, chunk, embed, index). Unchanged files are skipped.
+
+    Groups and tags belong to the document: without --acl a document keeps the groups it has (a new one
+    gets its knowledge base's default groups, see `kb kb list`); --acl replaces them. A document without
+    groups is readable by admins only. Change them later without re-ingesting: `kb docs set-acl`."""
     from app.worker import ensure_worker, run_worker, worker_alive
     from ingest.errors import LoadError
+    from ingest.labels import InvalidAccess
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -61,10 +84,10 @@ def ingest(  # noqa: PLR0917 - typer maps parameters to options
     container = _container(load_settings())
     try:
         job_id = container.documents.submit(
-            paths, kb=kb, uploads_dir=container.uploads_dir, acl_groups=acl or [], tags=tag or [], doc_id=doc_id,
+            paths, kb=kb, uploads_dir=container.uploads_dir, acl_groups=_given(acl), tags=_given(tag), doc_id=doc_id,
             archive_limits=container.archive_limits,
         )  # fmt: skip
-    except LoadError as exc:
+    except (LoadError, InvalidAccess) as exc:
         fail(str(exc), 2)
     if not wait:
         # A detached worker, so that the job completes after this command returns.
@@ -187,7 +210,8 @@ def docs_list(kb: KbOpt = "default", deleted: bool = False, as_json: JsonOpt = F
     docs = container.documents.documents(kb, include_deleted=deleted)
     data = [_data(d) for d in docs]
     human = "\n".join(f"{d.status:8} {d.doc_id}  v{d.current_version}  {d.title[:50]}"
-                      + (f"  groups={','.join(d.acl_groups)}" if d.acl_groups else "") for d in docs)  # fmt: skip
+                      + f"  groups={','.join(d.acl_groups) or '-'}"
+                      + ("  (hidden: access change pending)" if d.access_pending else "") for d in docs)  # fmt: skip
     emit(data, as_json, human or "no documents")
 
 
@@ -230,3 +254,39 @@ def docs_delete(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = Fals
     started = ensure_worker(container)
     when = f"in {settings.ingest.purge_grace_s:g} s by " + ("a background worker" if started else "the running worker")
     emit({"doc_id": doc_id, "deleted": True}, as_json, f"deleted {doc_id}; its chunks are purged {when}")
+
+
+@docs_cli.command("set-acl")
+def docs_set_acl(
+    doc_id: DocIdArg,
+    kb: KbOpt = "default",
+    groups: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--groups", help="Comma-separated groups that may read it ('' for none: admins only)."),
+    ] = None,
+    tags: Annotated[Optional[str], typer.Option("--tags", help="Comma-separated tags ('' for none).")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Change who may read a document (and its tags) without re-ingesting it; searches see the change when
+    this returns. The document is hidden from everyone while its chunks are rewritten."""
+    from app.worker import ensure_worker
+    from ingest.labels import InvalidAccess
+
+    if groups is None and tags is None:
+        fail("nothing to change: give --groups and/or --tags", 2)
+    container = _container(load_settings())
+    try:
+        result = _known_document(lambda: container.access.set(kb, doc_id, groups=_split(groups), tags=_split(tags)))
+    except InvalidAccess as exc:
+        fail(str(exc), 2)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the document stays hidden until a worker repairs it
+        ensure_worker(container)
+        fail(f"changing the groups of {doc_id} failed part-way ({exc}); it stays hidden until a worker finishes it")
+    data = dataclasses.asdict(result)
+    human = (
+        f"{doc_id} v{result.version}: groups {','.join(result.acl_groups) or '- (admins only)'}, "
+        f"tags {','.join(result.tags) or '-'}, {result.chunks} chunks rewritten"
+    )
+    if result.pending:
+        human += "\n(another process is finishing the change; the document is hidden until it has)"
+    emit(data, as_json, human)

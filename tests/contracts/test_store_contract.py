@@ -282,6 +282,43 @@ def test_best_cosine_is_the_highest_cosine_with_the_named_chunks(store: VectorSt
     assert math.isfinite(best)
 
 
+def test_update_access_changes_groups_and_tags_of_one_version_and_nothing_else(store: VectorStore) -> None:
+    kb = "contract_access"
+    rows = [
+        *(chunk("plan.md", 1, i, f"Quarterly budget plan part {i} covers travel.", title="Plan", page=i + 1,
+                section="Budget", acl_groups=["b"], tags=["old"]) for i in range(3)),
+        chunk("plan.md", 2, 0, "Quarterly budget plan, a draft of travel.", acl_groups=["b"], tags=["old"]),
+        chunk("other.md", 1, 0, "Quarterly travel budget of another team.", acl_groups=["b"], tags=["old"]),
+    ]  # fmt: skip
+    vectors = EMBEDDER.embed([r.text for r in rows], "passage")
+    store.upsert(kb, rows, vectors)
+    store.flush(kb)
+    query = "quarterly budget plan travel"
+
+    def seen(mode: SearchMode, groups: list[str], tags: list[str] | None = None) -> set[tuple[str, int]]:
+        flt = SearchFilter(access=Access.groups(groups), tags=tags or [])
+        return {(h.chunk.doc_id, h.chunk.version) for h in find(store, query, mode, kb, 10, flt)}
+
+    assert all(seen(mode, ["a"]) == set() for mode in MODES)
+    assert store.update_access(kb, "plan.md", 1, ["a", "c"], ["new"]) == 3
+    # Searchable at once, in every mode (BM25 too: its vectors are recomputed from the unchanged text).
+    for mode in MODES:
+        assert seen(mode, ["a"]) == {("plan.md", 1)}, mode
+        assert seen(mode, ["b"]) == {("plan.md", 2), ("other.md", 1)}, mode
+        assert seen(mode, ["b", "c"], tags=["new"]) == {("plan.md", 1)}, mode
+    # Everything but the groups and tags is as it was, the vectors included.
+    vector = EMBEDDER.embed([query], "query")[0]
+    by_id = {r.chunk_id: (r, v) for r, v in zip(rows, vectors, strict=True)}
+    hits = find(store, query, "dense", kb, 10, SearchFilter(access=Access.groups(["a"])))
+    for hit in hits:
+        original, stored = by_id[hit.chunk.chunk_id]
+        assert hit.chunk == original.model_copy(update={"kb": kb, "acl_groups": ["a", "c"], "tags": ["new"]})
+        assert hit.score == pytest.approx(sum(x * y for x, y in zip(vector, stored, strict=True)), abs=1e-4)
+    assert store.count(kb) == len(rows)
+    assert store.update_access(kb, "plan.md", 9, ["a"], []) == 0
+    assert store.update_access("never_made", "plan.md", 1, ["a"], []) == 0
+
+
 # -- MilvusStore only: methods beyond the Protocol --------------------------------------------------------
 
 

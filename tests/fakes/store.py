@@ -41,6 +41,7 @@ def visible(chunk: Chunk, flt: SearchFilter) -> bool:
         return False
     if flt.tags and not set(chunk.tags) & set(flt.tags):
         return False
+    # Fail closed, as build_filter: a chunk without groups is readable by unrestricted access only.
     if not flt.access.can_read(chunk.acl_groups):
         return False
     return (chunk.doc_id, chunk.version) not in {(d, int(v)) for d, v in flt.hidden_versions}
@@ -82,6 +83,13 @@ class FakeVectorStore:
         rows = self._kbs.get(kb, {})
         for chunk_id in [i for i, r in rows.items() if (r.chunk.doc_id, r.chunk.version) == (doc_id, version)]:
             del rows[chunk_id]
+
+    def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
+        self._check_name(kb)
+        rows = [r for r in self._kbs.get(kb, {}).values() if (r.chunk.doc_id, r.chunk.version) == (doc_id, version)]
+        for row in rows:
+            row.chunk = row.chunk.model_copy(update={"acl_groups": list(acl_groups), "tags": list(tags)})
+        return len(rows)
 
     def count(self, kb: str) -> int:
         self._check_name(kb)

@@ -1,0 +1,112 @@
+"""Knowledge bases as admins manage them: the one service behind `kb kb ...` and /admin/kbs.
+
+A knowledge base is a name (the boundary keys are granted by), a description, and the groups its new
+documents get when an upload names none. Deleting one drops its collection first and forgets its
+documents after: a failure in between leaves documents without chunks (found by nobody), never chunks
+that a knowledge base created later under the same name would serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.errors import Conflict, InvalidRequest, NotFound
+from core.names import KB_NAME
+from ingest.labels import InvalidAccess, check_labels
+from ingest.registry import KnowledgeBase, Registry
+
+MAX_DESCRIPTION = 2000
+
+
+@dataclass(frozen=True)
+class KbInfo:
+    name: str
+    description: str
+    default_groups: list[str]
+    documents: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase, documents: int) -> KbInfo:
+        return cls(kb.name, kb.description, list(kb.default_groups), documents, kb.created_at)
+
+
+@dataclass(frozen=True)
+class KbDeleted:
+    name: str
+    documents: int
+
+
+class KnowledgeBases:
+    def __init__(
+        self, *, registry: Registry, drop_collection: Callable[[str], None], default_groups: Sequence[str] = ()
+    ) -> None:
+        self._registry = registry
+        # A callable, so that listing and editing never open the vector store.
+        self._drop = drop_collection
+        self._default_groups = list(default_groups)
+
+    def list(self) -> list[KbInfo]:
+        counts = self._registry.document_counts()
+        return [KbInfo.of(kb, counts.get(kb.name, 0)) for kb in self._registry.knowledge_bases()]
+
+    def get(self, name: str) -> KbInfo:
+        kb = self._registry.knowledge_base(name)
+        if kb is None:
+            raise NotFound(f"no knowledge base {name!r}")
+        return KbInfo.of(kb, self._registry.document_counts().get(name, 0))
+
+    def create(self, name: str, *, description: str = "", default_groups: Sequence[str] | None = None) -> KbInfo:
+        """A new knowledge base; default groups not given are the configured ones (security.default_groups)."""
+        _check_name(name)
+        groups = _groups(default_groups) if default_groups is not None else list(self._default_groups)
+        kb, created = self._registry.create_knowledge_base(
+            name, description=_description(description), default_groups=groups
+        )
+        if not created:
+            raise Conflict(f"knowledge base {name!r} already exists")
+        return KbInfo.of(kb, 0)
+
+    def update(
+        self, name: str, *, description: str | None = None, default_groups: Sequence[str] | None = None
+    ) -> KbInfo:
+        """Change the description and/or the default groups (documents already there keep theirs)."""
+        kb = self._registry.update_knowledge_base(
+            name,
+            description=_description(description) if description is not None else None,
+            default_groups=_groups(default_groups) if default_groups is not None else None,
+        )
+        if kb is None:
+            raise NotFound(f"no knowledge base {name!r}")
+        return KbInfo.of(kb, self._registry.document_counts().get(name, 0))
+
+    def delete(self, name: str) -> KbDeleted:
+        """Drop the knowledge base's collection, then forget it and its documents."""
+        if not KB_NAME.match(name):
+            raise NotFound(f"no knowledge base {name!r}")
+        documents = self._registry.document_counts().get(name, 0)
+        if self._registry.knowledge_base(name) is None and not self._registry.documents(name, include_deleted=True):
+            raise NotFound(f"no knowledge base {name!r}")
+        self._drop(name)
+        self._registry.delete_knowledge_base(name)
+        return KbDeleted(name, documents)
+
+
+def _check_name(name: str) -> None:
+    if not KB_NAME.match(name):
+        raise InvalidRequest(f"knowledge base name {name!r} must be 1-64 letters, digits or underscores")
+
+
+def _groups(groups: Sequence[str]) -> list[str]:
+    try:
+        return check_labels(groups, "group")
+    except InvalidAccess as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _description(text: str) -> str:
+    if len(text) > MAX_DESCRIPTION:
+        raise InvalidRequest(f"the description is longer than {MAX_DESCRIPTION} characters")
+    return text
