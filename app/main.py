@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request, Response
 from app.api import ask, health, search
 from app.container import Container
 from app.errors import install_error_handlers
+from app.limits import AnswerSlots, BodySizeLimit
+from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.worker import run_worker
 
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         if worker is not None:
             worker.join(timeout=30)
         await container.generator.close()
+        app.state.rate_limiter.close()
 
     app = FastAPI(
         title="kb",
@@ -48,7 +51,16 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     )
     app.state.container = container
     app.state.settings = settings
+    # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
+    app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
     install_error_handlers(app)
+    # Added before the request-id middleware, so inside it: its 413 carries the request id. The UI's
+    # routes take file uploads: their bodies may be one file of the upload size plus the multipart
+    # framing, and Gradio checks the file itself against max_file_size.
+    upload_bytes = settings.limits.max_upload_mb * 1024 * 1024
+    ui_body_bytes = upload_bytes + 64 * 1024
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes, limits={"/ui": ui_body_bytes})
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -65,5 +77,5 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     if settings.api.ui_enabled:
         from ui.chat import mount_ui
 
-        mount_ui(app, api_url=settings.api_url, path="/ui")
+        mount_ui(app, api_url=settings.api_url, path="/ui", max_file_size=upload_bytes)
     return app

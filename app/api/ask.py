@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from app.answering import Question
-from app.auth.deps import Asker
+from app.auth.deps import Asker, client_ip
 from app.deps import ContainerDep
+from app.limits import AnswerSlots, answer_slots, check_question, unless_disconnected
+from app.ratelimit import RateLimiter, rate_limiter
 from app.schemas import AskRequest
-from core.types import Answer
+from core.types import Answer, Usage
 
 router = APIRouter(tags=["ask"])
 
@@ -25,16 +29,41 @@ _SSE_DOC = {
 
 
 @router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
-async def ask(body: AskRequest, container: ContainerDep, caller: Asker) -> Answer | Response:
+async def ask(
+    request: Request,
+    body: AskRequest,
+    *,
+    container: ContainerDep,
+    caller: Asker,
+    limiter: Annotated[RateLimiter, Depends(rate_limiter)],
+    slots: Annotated[AnswerSlots, Depends(answer_slots)],
+) -> Answer | Response:
     caller.require_kb(body.kb)
+    history = [m.chat() for m in body.history]
+    check_question(body.question, history, request.app.state.settings.limits)
+    ip = client_ip(request)
+    await limiter.require_tokens_async(caller, ip)
     question = Question(
-        text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history
+        text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=history
     )
+    slot = slots.take()
     if not body.stream:
-        return await container.answers.ask(question)
+        with slot:
+            answer = await unless_disconnected(request, container.answers.ask(question))
+        await limiter.charge_usage(caller, ip, answer.usage)
+        return answer
 
     async def events() -> AsyncIterator[str]:
-        async for event in container.answers.stream(question):
-            yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
+        with slot:
+            async for event in container.answers.stream(question):
+                if event.name == "done":  # charged before the client can hang up on the last event
+                    await limiter.charge_usage(caller, ip, Usage.model_validate(event.data["usage"]))
+                yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # The slot is held until the stream ends; the background task frees it also when the stream never started.
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(slot.release),
+    )
