@@ -65,9 +65,11 @@ class Container:
     @cached_property
     def store(self) -> MilvusStore:
         m = self.settings.milvus
+        timeout_s = self.settings.limits.milvus_timeout_s
         client = open_client(
-            uri=m.uri, token=m.token.get_secret_value(), db_name=m.db_name, layout=lite_layout(self.settings)
-        )
+            uri=m.uri, token=m.token.get_secret_value(), db_name=m.db_name, layout=lite_layout(self.settings),
+            timeout_s=timeout_s,
+        )  # fmt: skip
         return MilvusStore(
             client,
             dimension=self.embedder.dimension,
@@ -80,6 +82,7 @@ class Container:
             fusion=self.settings.retrieval.fusion,
             dense_weight=self.settings.retrieval.dense_weight,
             stop_words=m.stop_words,
+            timeout_s=timeout_s,
         )
 
     @cached_property
@@ -91,7 +94,7 @@ class Container:
 
     @cached_property
     def registry(self) -> Registry:
-        return Registry(self.settings.database_url)
+        return Registry(self.settings.database_url, timeout_s=self.settings.limits.database_timeout_s)
 
     @cached_property
     def keys(self) -> KeyStore:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,6 +70,13 @@ class Overloaded(KBError):
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+class ClientClosedRequest(KBError):
+    """The client went away before its answer was ready; nobody reads this response (nginx's 499)."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+
 class NotFound(KBError):
     status_code = 404
     code = "not_found"
@@ -107,17 +116,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg', '')}" for e in exc.errors()
-        )
+        details = "; ".join(_validation_message(e) for e in exc.errors())
         return JSONResponse(error_body("invalid_request", details, _request_id(request)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        message = str(exc.detail)
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's "error parsing the body" for JSON that is not UTF-8 says too little to fix it.
+            message = f"the request body is not valid UTF-8 ({exc.__cause__.reason} at byte {exc.__cause__.start})"
         # Starlette puts the `Allow` header of a 405 on the exception; it must reach the client.
         return JSONResponse(
-            error_body(code, str(exc.detail), _request_id(request)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(EmbedderUnavailable)
@@ -135,3 +148,12 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=500,
             headers={"x-request-id": rid} if rid else None,
         )
+
+
+def _validation_message(error: Mapping[str, Any]) -> str:
+    loc = error.get("loc", ())
+    if error.get("type") == "json_invalid":
+        position = loc[-1] if loc else "?"
+        return f"the request body is not valid JSON: {error.get('ctx', {}).get('error', '')} at character {position}"
+    path = ".".join(str(p) for p in loc if p != "body") or "body"
+    return f"{path}: {error.get('msg', '')}"

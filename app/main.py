@@ -13,6 +13,8 @@ from app.api import admin_kbs, admin_keys, ask, audit, health, me, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
+from app.limits import AnswerSlots, BodySizeLimit
+from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
 from app.settings import Settings
 from app.worker import run_worker
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         if worker is not None:
             worker.join(timeout=30)
         await container.generator.close()
+        app.state.rate_limiter.close()
 
     app = FastAPI(
         title="kb",
@@ -49,8 +52,18 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     )
     app.state.container = container
     app.state.settings = settings
+    # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
+    app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
     install_error_handlers(app)
-    # Added first, so it runs inside the request-id middleware below (Starlette wraps in reverse order).
+    # Added first, so innermost: its 413 carries the request id. The UI's
+    # routes take file uploads: their bodies may be one file of the upload size plus the multipart
+    # framing, and Gradio checks the file itself against max_file_size.
+    upload_bytes = settings.limits.max_upload_mb * 1024 * 1024
+    ui_body_bytes = upload_bytes + 64 * 1024
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes, limits={"/ui": ui_body_bytes})
+    # Added after the body limit and before the request-id middleware: a request without a valid key is
+    # refused before its body is read, and the refusal carries the request id.
     ui_path = "/ui" if settings.api.ui_enabled else None
     app.add_middleware(AuthMiddleware, is_public=public_paths(ui_path=ui_path, docs_public=settings.api.docs_public))
 
@@ -68,5 +81,5 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     if settings.api.ui_enabled:
         from ui.chat import mount_ui
 
-        mount_ui(app, api_url=settings.api_url, path="/ui")
+        mount_ui(app, api_url=settings.api_url, path="/ui", max_file_size=upload_bytes)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
 
 from core.names import KB_NAME_PATTERN
@@ -18,9 +20,24 @@ class RetrievalScope(BaseModel):
     mode: SearchMode | None = None
 
 
+class HistoryMessage(BaseModel):
+    """An earlier turn of the conversation. Only the server writes system messages."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(description="at most limits.max_message_chars characters (4000 by default)")
+
+    def chat(self) -> ChatMessage:
+        return ChatMessage(role=self.role, content=self.content)
+
+
 class AskRequest(RetrievalScope):
-    question: str = Field(min_length=1, max_length=4000)
-    history: list[ChatMessage] = Field(default_factory=list, max_length=50)
+    # The maxima are settings (limits.*), checked when the request is served; the descriptions name them.
+    question: str = Field(
+        min_length=1, description="at most limits.max_question_chars characters with the history (4000 by default)"
+    )
+    history: list[HistoryMessage] = Field(
+        default_factory=list, description="at most limits.max_history_messages messages (20 by default)"
+    )
     stream: bool = False
 
     @field_validator("question")
@@ -32,7 +49,7 @@ class AskRequest(RetrievalScope):
 
 
 class SearchRequest(RetrievalScope):
-    query: str = Field(min_length=1, max_length=4000)
+    query: str = Field(min_length=1, description="at most limits.max_question_chars characters (4000 by default)")
 
 
 class SearchHit(BaseModel):
@@ -79,4 +96,6 @@ class Health(BaseModel):
     status: str
 
 
-__all__ = ["Answer", "AskRequest", "Citation", "Health", "SearchHit", "SearchRequest", "SearchResponse"]
+__all__ = [
+    "Answer", "AskRequest", "Citation", "Health", "HistoryMessage", "SearchHit", "SearchRequest", "SearchResponse",
+]  # fmt: skip

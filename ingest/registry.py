@@ -43,6 +43,20 @@ class RegistrySchemaError(RuntimeError):
     pass
 
 
+def _timeout_args(url: str, timeout_s: float) -> dict[str, object]:
+    """Driver arguments that bound each database call by `timeout_s`."""
+    if url.startswith("sqlite"):
+        # Workers, the API and the CLI write the same file; wait this long for a lock, then fail.
+        return {"timeout": timeout_s}
+    if url.startswith(("postgresql", "postgres")):
+        # libpq (psycopg 2 and 3): the server cancels a statement that runs longer.
+        return {
+            "connect_timeout": max(1, round(timeout_s)),
+            "options": f"-c statement_timeout={round(timeout_s * 1000)}",
+        }
+    return {}
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -163,13 +177,13 @@ _RETIRED = ("replaced", "deleted", "failed", "interrupted")
 
 
 class Registry:
-    def __init__(self, url: str) -> None:
-        connect_args: dict[str, object] = {}
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            # Workers, the API and the CLI write the same file; wait for a lock instead of failing.
-            connect_args = {"timeout": 30}
-        self.engine: Engine = create_engine(url, future=True, connect_args=connect_args)
+        # SQLite's in-memory pools take no pool_timeout; file and server databases wait this long for a
+        # free connection.
+        pool: dict[str, float] = {} if url.startswith("sqlite") else {"pool_timeout": timeout_s}
+        self.engine: Engine = create_engine(url, future=True, connect_args=_timeout_args(url, timeout_s), **pool)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._check_schema()

@@ -79,20 +79,23 @@ def start_lite_server(
     raise MilvusUnavailable(f"milvus-lite server did not listen on {host}:{port} within {timeout_s:.0f}s")
 
 
-def open_client(*, uri: str, token: str, db_name: str, layout: LiteLayout) -> MilvusClient:
+def open_client(
+    *, uri: str, token: str, db_name: str, layout: LiteLayout, timeout_s: float | None = None
+) -> MilvusClient:
+    """A client for the configured Milvus; `timeout_s` bounds connecting (MilvusStore bounds each call)."""
     if uri:
         kwargs: dict[str, str] = {"uri": uri}
         if token:
             kwargs["token"] = token
         if db_name:
             kwargs["db_name"] = db_name
-        return MilvusClient(**kwargs)
+        return MilvusClient(**kwargs, timeout=timeout_s)
     shared = running_lite_uri(layout)
     if shared is not None:
-        return MilvusClient(uri=shared)
+        return MilvusClient(uri=shared, timeout=timeout_s)
     layout.data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return MilvusClient(uri=str(layout.data_dir))
+        return MilvusClient(uri=str(layout.data_dir), timeout=timeout_s)
     except Exception as exc:
         raise MilvusUnavailable(
             f"cannot open {layout.data_dir}: {exc}. Another process may hold it; "

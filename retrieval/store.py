@@ -96,8 +96,11 @@ class MilvusStore:
         fusion: Fusion = "weighted",
         dense_weight: float = 0.3,
         stop_words: bool = True,
+        timeout_s: float | None = None,
     ) -> None:
         self._client = client
+        # Every call to Milvus gives up after this long (gRPC deadline) instead of hanging a request.
+        self._timeout = timeout_s
         self.dimension = dimension
         self._prefix = collection_prefix
         self._analyzer = analyzer
@@ -120,16 +123,16 @@ class MilvusStore:
         name = self.collection(kb)
         if name in self._ready:
             return name
-        if not self._client.has_collection(name):
+        if not self._client.has_collection(name, timeout=self._timeout):
             self._create(name)
         else:
             self._check_dimension(name)
-        self._client.load_collection(name)
+        self._client.load_collection(name, timeout=self._timeout)
         self._ready.add(name)
         return name
 
     def _check_dimension(self, name: str) -> None:
-        info = self._client.describe_collection(name)
+        info = self._client.describe_collection(name, timeout=self._timeout)
         names = {field.get("name") for field in info.get("fields", [])}
         if "category" not in names:
             raise StoreError(
@@ -178,7 +181,7 @@ class MilvusStore:
         index = self._client.prepare_index_params()
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self._client.create_collection(name, schema=schema, index_params=index)
+        self._client.create_collection(name, schema=schema, index_params=index, timeout=self._timeout)
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
@@ -207,25 +210,26 @@ class MilvusStore:
             }
             for c, v in zip(chunks, vectors, strict=True)
         ]
-        self._client.upsert(name, rows)
+        self._client.upsert(name, rows, timeout=self._timeout)
         return len(rows)
 
     def flush(self, kb: str) -> None:
         # Milvus Lite rebuilds the BM25 index on every search until the segment is flushed.
-        self._client.flush(self.ensure_collection(kb))
+        self._client.flush(self.ensure_collection(kb), timeout=self._timeout)
 
     def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None:
         name = self.ensure_collection(kb)
         expr = build_filter(_ALL, doc_id=doc_id)
         if keep_version is not None:
             expr += f" and version != {int(keep_version)}"
-        self._client.delete(name, filter=expr)
+        self._client.delete(name, filter=expr, timeout=self._timeout)
 
     def delete_version(self, kb: str, doc_id: str, version: int) -> None:
         name = self.ensure_collection(kb)
         self._client.delete(
             name,
             filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
+            timeout=self._timeout,
         )
 
     def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
@@ -263,14 +267,14 @@ class MilvusStore:
 
     def count(self, kb: str) -> int:
         name = self.ensure_collection(kb)
-        rows = self._client.query(name, filter="", output_fields=["count(*)"])
+        rows = self._client.query(name, filter="", output_fields=["count(*)"], timeout=self._timeout)
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- reads --------------------------------------------------------------------------------
     def document_chunks(self, kb: str, doc_id: str, *, limit: int = 16384) -> list[Chunk]:
         """Every stored chunk of a document, all versions, in version then reading order (admin views, tests)."""
         name = self.collection(kb)
-        if name not in self._ready and not self._client.has_collection(name):
+        if name not in self._ready and not self._client.has_collection(name, timeout=self._timeout):
             return []
         self.ensure_collection(kb)
         rows = self._client.query(
@@ -278,6 +282,7 @@ class MilvusStore:
             filter=build_filter(_ALL, doc_id=doc_id),
             output_fields=_OUTPUT_FIELDS,
             limit=limit,
+            timeout=self._timeout,
         )
         chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
         return sorted(chunks, key=lambda c: (c.version, c.ordinal))
@@ -293,7 +298,7 @@ class MilvusStore:
         flt: SearchFilter,
     ) -> list[ScoredChunk]:
         name = self.collection(kb)
-        if name not in self._ready and not self._client.has_collection(name):
+        if name not in self._ready and not self._client.has_collection(name, timeout=self._timeout):
             return []
         self.ensure_collection(kb)
         if mode in ("dense", "hybrid") and vector is None:
@@ -301,7 +306,7 @@ class MilvusStore:
         expr = build_filter(flt)
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
         sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
-        common = {"collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS}
+        common = {"collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS, "timeout": self._timeout}
         kind: ScoreKind
         if mode == "dense":
             assert vector is not None
@@ -337,7 +342,9 @@ class MilvusStore:
         compares for hybrid hits."""
         if not chunk_ids:
             return None
-        rows = self._client.get(self.collection(kb), ids=list(chunk_ids), output_fields=["dense"])
+        rows = self._client.get(
+            self.collection(kb), ids=list(chunk_ids), output_fields=["dense"], timeout=self._timeout
+        )
         q_norm = math.sqrt(sum(x * x for x in vector)) or 1.0
         best: float | None = None
         for row in rows:
@@ -374,6 +381,6 @@ class MilvusStore:
 
     def drop(self, kb: str) -> None:
         name = self.collection(kb)
-        if self._client.has_collection(name):
-            self._client.drop_collection(name)
+        if self._client.has_collection(name, timeout=self._timeout):
+            self._client.drop_collection(name, timeout=self._timeout)
         self._ready.discard(name)

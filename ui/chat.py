@@ -84,6 +84,7 @@ def build_ui(api_url: str, timeout_s: float = 180.0) -> gr.Blocks:
     return blocks
 
 
-def mount_ui(app: FastAPI, *, api_url: str, path: str = "/ui") -> FastAPI:
-    mounted: FastAPI = gr.mount_gradio_app(app, build_ui(api_url), path=path)
+def mount_ui(app: FastAPI, *, api_url: str, path: str = "/ui", max_file_size: int | None = None) -> FastAPI:
+    """Mount the chat UI; Gradio refuses uploaded files over `max_file_size` bytes."""
+    mounted: FastAPI = gr.mount_gradio_app(app, build_ui(api_url), path=path, max_file_size=max_file_size)
     return mounted

@@ -8,15 +8,17 @@ from app.answering import Question
 from app.audit import Action, QuestionAudit
 from app.auth.deps import Searcher
 from app.deps import ContainerDep
+from app.limits import check_question
 from app.schemas import SearchRequest, SearchResponse
 
 router = APIRouter(tags=["search"])
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(body: SearchRequest, request: Request, container: ContainerDep, caller: Searcher) -> SearchResponse:
+async def search(request: Request, body: SearchRequest, container: ContainerDep, caller: Searcher) -> SearchResponse:
     audit = QuestionAudit(request, Action.search, kb=body.kb, question=body.query)
     caller.require_kb(body.kb)
+    check_question(body.query, [], request.app.state.settings.limits, field="query")
     await audit.refuse_sensitive(container.sensitive, body.query)
     retrieval = await container.answers.retrieve(
         Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)

@@ -15,6 +15,7 @@ from app.auth.keys import KeyStore
 from app.auth.principal import Principal, anonymous
 from app.auth.roles import Permission
 from app.errors import Forbidden, Unauthorized
+from app.ratelimit import RateLimiter
 from app.settings import Settings
 
 
@@ -54,9 +55,19 @@ def authenticate(request: Request) -> Principal:
     return principal
 
 
+def count_request(request: Request, principal: Principal) -> None:
+    """Every authenticated request draws on its key's request budget, once (whatever the dependencies)."""
+    if getattr(request.state, "rate_counted", False):
+        return
+    request.state.rate_counted = True
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.hit_request(principal, client_ip(request))
+
+
 def allow(permission: Permission) -> Callable[[Request], Principal]:
     def dependency(request: Request) -> Principal:
         principal = authenticate(request)
+        count_request(request, principal)
         principal.require(permission)
         return principal
 
