@@ -58,6 +58,10 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 MutableHeaders(scope=message)["x-request-id"] = rid
+                if status in REFUSALS:
+                    # Recorded before the client hears the answer, so that whoever reads the audit log
+                    # after a refusal finds it there.
+                    await self._record_refusal(scope, state, status, state.get("principal"))
             await send(message)
 
         try:
@@ -72,8 +76,6 @@ class RequestContext:
                     "actor": principal.name if principal else "",
                 },
             )  # fmt: skip
-            if status in REFUSALS:
-                await self._record_refusal(scope, state, status, principal)
 
     async def _record_refusal(
         self, scope: Scope, state: dict[str, Any], status: int, principal: Principal | None

@@ -160,8 +160,8 @@ def test_a_huge_body_is_413_whether_declared_or_streamed(api: Api) -> None:
             yield body[i : i + 1000]
 
     assert_error(httpx.post(f"{api.url}/ask", content=chunks(), headers=headers), 413, "payload_too_large")
-    # Refused before authentication: nothing of it was parsed.
-    assert_error(httpx.post(f"{api.url}/ask", content=body), 413, "payload_too_large")
+    # Without a key it is refused before its body is even read.
+    assert_error(httpx.post(f"{api.url}/ask", content=body), 401, "unauthorized")
 
 
 @pytest.mark.parametrize(
@@ -190,7 +190,7 @@ def test_bad_bodies_are_4xx_in_the_error_shape(api: Api, body: bytes, status: in
 
 
 def test_the_openapi_schema_lets_only_user_and_assistant_into_the_history(api: Api) -> None:
-    schema = httpx.get(f"{api.url}/openapi.json").json()["components"]["schemas"]
+    schema = httpx.get(f"{api.url}/openapi.json", headers=api.key()).json()["components"]["schemas"]
     assert schema["HistoryMessage"]["properties"]["role"]["enum"] == ["user", "assistant"]
 
 
@@ -207,7 +207,9 @@ def test_the_ui_upload_route_takes_files_up_to_the_upload_limit(tmp_path: Path) 
     assert_error(client.post(upload, files={"files": ("huge.txt", b"x" * 2 * mib)}), 413, "payload_too_large")
     # The JSON API keeps its own, smaller limit.
     too_big = b'{"query": "' + b"x" * settings.limits.max_body_bytes + b'"}'
-    assert_error(client.post("/search", content=too_big), 413, "payload_too_large")
+    key = client.app.state.container.keys.create(name="reader", role=Role.employee, kbs=["default"])  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    assert_error(client.post("/search", content=too_big, headers=headers), 413, "payload_too_large")
 
 
 def run_in_thread(fn: Callable[[], httpx.Response]) -> tuple[threading.Thread, list[httpx.Response]]:
