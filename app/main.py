@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 
 from app.api import ask, health, search
 from app.container import Container
-from app.errors import install_error_handlers
+from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.settings import Settings
 from app.worker import run_worker
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         description="A RAG knowledge base: grounded answers with citations from company documents.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.container = container
     app.state.settings = settings
