@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.protocols import EmbedderUnavailable
@@ -96,6 +97,36 @@ class ServiceUnavailable(KBError):
 
 def error_body(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (documented in OpenAPI; built by `error_body`)."""
+
+    error: ErrorInfo
+
+
+# Declared on the whole app, so that every route documents the shape its errors really have (FastAPI's
+# default 422 schema, {"detail": [...]}, is not what kb sends) and clients can generate code for it.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Invalid request",
+        401: "Missing, unknown, expired or revoked API key",
+        403: "The key's role or grants do not allow this",
+        404: "Not found",
+        409: "Conflicts with what exists (a name taken) or with its state",
+        413: "Request body too large",
+        422: "The request does not match the schema",
+        429: "Rate limit reached; see Retry-After",
+        503: "Overloaded or a dependency is unavailable; see Retry-After",
+    }.items()
+}
 
 
 def _request_id(request: Request) -> str:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.api import admin_kbs, admin_keys, ask, audit, health, me, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
-from app.errors import install_error_handlers
+from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import AnswerSlots, BodySizeLimit
 from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         description="A RAG knowledge base: grounded answers with citations from company documents.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.container = container
     app.state.settings = settings

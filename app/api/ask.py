@@ -22,9 +22,38 @@ from core.types import Answer, Usage
 
 router = APIRouter(tags=["ask"])
 
+
+def _event(name: str, required: list[str]) -> dict[str, object]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"type": "object", "required": required},
+            },
+        },
+    }
+
+
+# The schema of a text/event-stream response describes one event (how OpenAPI 3.1 tools read it): each
+# event's name and the JSON object its data line holds.
 _SSE_DOC = {
     200: {
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "oneOf": [
+                        _event("token", ["text"]),
+                        _event("citations", ["answer", "citations", "sources", "grounded", "sentences"]),
+                        _event("done", ["answer_id", "refused", "degraded", "message", "usage", "timings"]),
+                        _event("error", ["code", "message"]),
+                    ]
+                }
+            }
+        },
         "description": 'With "stream": true: `token` events, one `citations` event, then `done` (or `error`).',
     }
 }

@@ -22,9 +22,10 @@ class AuditFilter(BaseModel):
     actor: str | None = None
     action: str | None = None
     kb: str | None = None
-    status: int | None = None
+    status: int | None = Field(None, ge=100, le=599)
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0)
+    # Bounded: the database's integers are 64-bit, and no audit log holds a billion rows per page walk.
+    offset: int = Field(0, ge=0, le=1_000_000_000)
     order: Literal["asc", "desc"] = "asc"
 
     @field_validator("since", "until", mode="before")
