@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.answering import AnswerService
 from app.auth.keys import KeyStore
+from app.metrics import Metrics
 from app.settings import Settings
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
@@ -181,7 +182,12 @@ class Container:
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
             condenser=self.condenser,
+            observer=self.metrics,
         )
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(database=self.registry)
 
     def warm_up_ingest(self) -> None:
         """Load what ingestion needs (models, parsers, connections) before timing or serving it."""

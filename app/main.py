@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from app.api import ask, health, me, search
+from app.api import ask, health, me, metrics, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
+from app.metrics import MetricsMiddleware
 from app.settings import Settings
 from app.worker import run_worker
 
@@ -52,7 +53,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     install_error_handlers(app)
     # Added first, so it runs inside the request-id middleware below (Starlette wraps in reverse order).
     ui_path = "/ui" if settings.api.ui_enabled else None
-    app.add_middleware(AuthMiddleware, is_public=public_paths(ui_path=ui_path, docs_public=settings.api.docs_public))
+    is_public = public_paths(
+        ui_path=ui_path, docs_public=settings.api.docs_public, metrics_public=settings.api.metrics_public
+    )
+    app.add_middleware(AuthMiddleware, is_public=is_public)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -62,10 +66,14 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         response.headers["x-request-id"] = request.state.request_id
         return response
 
+    # Added last, so outermost: it sees the status the client got and the principal auth left behind.
+    app.add_middleware(MetricsMiddleware, metrics=container.metrics)
+
     app.include_router(health.router)
     app.include_router(ask.router)
     app.include_router(search.router)
     app.include_router(me.router)
+    app.include_router(metrics.router)
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -30,11 +30,19 @@ async def ask(body: AskRequest, container: ContainerDep, caller: Asker) -> Answe
     question = Question(
         text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=body.history
     )
+    metrics = container.metrics
     if not body.stream:
-        return await container.answers.ask(question)
+        with metrics.answer_in_flight():
+            answer = await container.answers.ask(question)
+        metrics.observe_answer_model(answer, kb=body.kb, key=caller.name)
+        return answer
 
     async def events() -> AsyncIterator[str]:
-        async for event in container.answers.stream(question):
-            yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
+        # In flight until the stream ends or the client leaves (the generator is closed then).
+        with metrics.answer_in_flight():
+            observe = metrics.stream_observer(kb=body.kb, key=caller.name)
+            async for event in container.answers.stream(question):
+                observe(event.name, event.data)
+                yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -18,4 +18,5 @@ async def search(body: SearchRequest, container: ContainerDep, caller: Searcher)
     retrieval = await container.answers.retrieve(
         Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)
     )
+    container.metrics.observe_timings("search", retrieval.timings)
     return SearchResponse.from_retrieval(body.query, retrieval)
