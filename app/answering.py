@@ -7,9 +7,11 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from anyio import to_thread
 
+from app.metrics import failure_kind
 from core.protocols import Generator, GeneratorUnavailable
 from core.types import Access, Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
 from retrieval.condense import Condenser, fallback_query
@@ -32,11 +34,20 @@ class Question:
     history: Sequence[ChatMessage] = ()
 
 
+class AnswerObserver(Protocol):
+    """What the service reports as it works (app.metrics.Metrics is one)."""
+
+    def observe_retrieval(self, retrieval: Retrieval) -> None: ...
+
+    def observe_error(self, component: Literal["model_server"], kind: Literal["timeout", "error"]) -> None: ...
+
+
 class AnswerService:
     def __init__(
         self, *, query: QueryPipeline, generator: Generator, prompts: PromptBook, top_k: int, citation_guard: bool,
-        condenser: Condenser | None = None,
+        condenser: Condenser | None = None, observer: AnswerObserver | None = None,
     ) -> None:  # fmt: skip
+        self._observer = observer
         self._condenser = condenser
         self._citation_guard = citation_guard
         self._query = query
@@ -58,6 +69,8 @@ class AnswerService:
         )  # fmt: skip
         if condense_ms is not None:
             retrieval.timings["condense_ms"] = condense_ms
+        if self._observer is not None:
+            self._observer.observe_retrieval(retrieval)
         return retrieval
 
     async def ask(self, question: Question) -> Answer:
@@ -69,6 +82,7 @@ class AnswerService:
             result = await self._generator.generate(turn.messages, pattern=turn.pattern)
         except GeneratorUnavailable as exc:
             log.warning("degraded answer: %s", exc)
+            self._model_failed(exc)
             return turn.degraded_answer()
         turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
         return turn.final_answer(result.text, result.usage)
@@ -94,6 +108,7 @@ class AnswerService:
                     usage = delta.usage
         except GeneratorUnavailable as exc:
             log.warning("stream failed: %s", exc)
+            self._model_failed(exc)
             if parts:
                 yield StreamEvent("error", {"code": "llm_unavailable", "message": str(exc)})
                 return
@@ -104,6 +119,10 @@ class AnswerService:
         answer = turn.final_answer("".join(parts), usage)
         yield _citations_event(answer)
         yield _done_event(answer)
+
+    def _model_failed(self, exc: GeneratorUnavailable) -> None:
+        if self._observer is not None:
+            self._observer.observe_error("model_server", failure_kind(exc))
 
     async def prompt(self, question: Question) -> tuple[list[ChatMessage], str | None]:
         """The messages and decoding pattern kb would send the model for this question (no messages when it

@@ -12,6 +12,7 @@ from app.audit import AuditLog
 from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
 from app.kbs import KnowledgeBases
+from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
 from app.settings import Settings
 from ingest.access import DocumentAccess
@@ -223,7 +224,12 @@ class Container:
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
             condenser=self.condenser,
+            observer=self.metrics,
         )
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(database=self.registry)
 
     def warm_up_ingest(self) -> None:
         """Load what ingestion needs (models, parsers, connections) before timing or serving it."""

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin_kbs, admin_keys, ask, audit, health, me, search
+from app.api import admin_kbs, admin_keys, ask, audit, health, me, metrics, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import AnswerSlots, BodySizeLimit
+from app.metrics import MetricsMiddleware
 from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
 from app.settings import Settings
@@ -66,10 +67,15 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # Added after the body limit and before the request-id middleware: a request without a valid key is
     # refused before its body is read, and the refusal carries the request id.
     ui_path = "/ui" if settings.api.ui_enabled else None
-    app.add_middleware(AuthMiddleware, is_public=public_paths(ui_path=ui_path, docs_public=settings.api.docs_public))
+    is_public = public_paths(
+        ui_path=ui_path, docs_public=settings.api.docs_public, metrics_public=settings.api.metrics_public
+    )
+    app.add_middleware(AuthMiddleware, is_public=is_public)
 
-    # Added last, so it runs first: every request gets its id before anything can refuse it.
+    # Runs before the others: every request gets its id before anything can refuse it.
     app.add_middleware(RequestContext, audit=lambda: container.audit)
+    # Added last, so outermost: it sees the status the client got and the principal auth left behind.
+    app.add_middleware(MetricsMiddleware, metrics=container.metrics)
 
     app.include_router(health.router)
     app.include_router(ask.router)
@@ -78,6 +84,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(admin_keys.router)
     app.include_router(audit.router)
     app.include_router(admin_kbs.router)
+    app.include_router(metrics.router)
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -147,6 +147,10 @@ class APISettings(BaseModel):
     # /docs and /openapi.json need a key like everything else unless this is on (the Swagger page
     # cannot send one).
     docs_public: bool = False
+    # /metrics needs an admin key unless this is on: for a Prometheus that scrapes each API instance over
+    # a private network (the compose stack and the Helm chart do, and keep /metrics off the public
+    # entrance). Never on where untrusted clients reach the API directly.
+    metrics_public: bool = False
 
 
 class DatabaseSettings(BaseModel):

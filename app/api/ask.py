@@ -80,10 +80,12 @@ async def ask(
         text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=history
     )
     slot = slots.take()
+    metrics = container.metrics
     if not body.stream:
-        with slot:
+        with slot, metrics.answer_in_flight():
             answer = container.sensitive.screen(await unless_disconnected(request, container.answers.ask(question)))
         await limiter.charge_usage(caller, ip, answer.usage)
+        metrics.observe_answer_model(answer, kb=body.kb, key=caller.name)
         await audit.answered(answer)
         return answer
 
@@ -92,8 +94,11 @@ async def ask(
     )
 
     async def sse() -> AsyncIterator[str]:
-        with slot:
+        # In flight until the stream ends or the client leaves (the generator is closed then).
+        with slot, metrics.answer_in_flight():
+            observe = metrics.stream_observer(kb=body.kb, key=caller.name)
             async for event in events:
+                observe(event.name, event.data)
                 yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
 
     # The slot is held until the stream ends; the background task frees it also when the stream never started.

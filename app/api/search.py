@@ -23,6 +23,7 @@ async def search(request: Request, body: SearchRequest, container: ContainerDep,
     retrieval = await container.answers.retrieve(
         Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)
     )
+    container.metrics.observe_timings("search", retrieval.timings)
     response = SearchResponse.from_retrieval(body.query, retrieval)
     await audit.record(docs=list(dict.fromkeys(hit.doc_id for hit in response.hits)))
     return response

@@ -35,12 +35,14 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def public_paths(*, ui_path: str | None, docs_public: bool) -> Callable[[str], bool]:
+def public_paths(*, ui_path: str | None, docs_public: bool, metrics_public: bool = False) -> Callable[[str], bool]:
     """Liveness, readiness and the UI's own routes (the UI signs users in and calls the API with their
-    key); the API docs only when the settings make them public."""
+    key); the API docs and the metrics only when the settings make them public."""
     exact = {"/healthz", "/readyz"}
     if docs_public:
         exact |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    if metrics_public:
+        exact.add("/metrics")
 
     def is_public(path: str) -> bool:
         return path in exact or (ui_path is not None and (path == ui_path or path.startswith(f"{ui_path}/")))
