@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from starlette.routing import Route
 
-from app.api import ask, health, search
+from app.api import ask, health, openai_compat, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import install_error_handlers
+from app.mcp_server import HttpMcp
 from app.settings import Settings
 from app.worker import run_worker
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     settings = settings or Settings()
     container = container or Container(settings)
+    mcp = HttpMcp(container)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,7 +38,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             worker = threading.Thread(target=run_worker, args=(container, stop), name="kb-ingest-worker", daemon=True)
             worker.start()
         log.info("kb API ready")
-        yield
+        async with mcp.running():
+            yield
         stop.set()
         if worker is not None:
             worker.join(timeout=30)
@@ -65,6 +69,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(health.router)
     app.include_router(ask.router)
     app.include_router(search.router)
+    app.include_router(openai_compat.router)
+    # The MCP endpoint (streamable HTTP): authenticated by the AuthMiddleware like every other route.
+    # A Route, not a Mount: a Mount would redirect /mcp to /mcp/. Starlette treats a non-function endpoint as
+    # an ASGI app.
+    app.router.routes.append(Route("/mcp", endpoint=mcp.app, include_in_schema=False))
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -21,6 +21,7 @@ from app.cli import (  # noqa: F401  (registers commands)
     config_models,
     ingest,
     keys,
+    mcp,
     query,
     serve,
 )
