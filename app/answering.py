@@ -32,6 +32,11 @@ class Question:
     top_k: int | None = None
     mode: SearchMode | None = None
     history: Sequence[ChatMessage] = ()
+    # Per-request decoding limits (None: the configured ones); callers check them against their bounds.
+    max_tokens: int | None = None
+    temperature: float | None = None
+    # The caller may name the answer before it exists (the OpenAI stream sends its id in the first chunk).
+    answer_id: str | None = None
 
 
 class AnswerObserver(Protocol):
@@ -79,7 +84,9 @@ class AnswerService:
             return turn.refusal_answer()
         t = time.perf_counter()
         try:
-            result = await self._generator.generate(turn.messages, pattern=turn.pattern)
+            result = await self._generator.generate(
+                turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens, temperature=question.temperature
+            )
         except GeneratorUnavailable as exc:
             log.warning("degraded answer: %s", exc)
             self._model_failed(exc)
@@ -98,7 +105,9 @@ class AnswerService:
         usage = Usage()
         t = time.perf_counter()
         try:
-            async for delta in self._generator.stream(turn.messages, pattern=turn.pattern):
+            async for delta in self._generator.stream(
+                turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens, temperature=question.temperature
+            ):
                 if delta.text:
                     if not parts:
                         turn.timings["first_token_ms"] = (time.perf_counter() - turn.started) * 1000
@@ -136,7 +145,7 @@ class AnswerService:
         language = retrieval.language
         refusal = self._prompts.refusal(language)
         guard = self._citation_guard and bool(retrieval.sources)
-        return _Turn(
+        turn = _Turn(
             started=started,
             retrieval=retrieval,
             refusal=refusal,
@@ -144,6 +153,9 @@ class AnswerService:
             pattern=citation_pattern(len(retrieval.sources), refusal, language) if guard else None,
             timings=dict(retrieval.timings),
         )
+        if question.answer_id:
+            turn.answer_id = question.answer_id
+        return turn
 
     def _messages(self, question: Question, sources: Sequence[Source], language: str) -> list[ChatMessage]:
         prompt_sources = [PromptSource(index=s.index, title=s.title, page=s.page, text=s.text) for s in sources]

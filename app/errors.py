@@ -129,15 +129,53 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+OPENAI_PREFIX = "/v1/"
+
+# The `type` OpenAI's clients read to pick their exception class (they also go by the status code).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_body(status_code: int, code: str, message: str) -> dict[str, dict[str, str | None]]:
+    kind = _OPENAI_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def speaks_openai(path: str) -> bool:
+    """The OpenAI-compatible endpoints answer errors in OpenAI's shape, so that its clients raise the right
+    exception with the message; every other path keeps kb's one shape."""
+    return path.startswith(OPENAI_PREFIX)
+
+
 def _request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
+def json_error(
+    request: Request, status_code: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An error response in the shape the request's path speaks."""
+    if speaks_openai(request.url.path):
+        if status_code == 422:
+            # OpenAI answers a request it cannot accept with 400 (its clients raise BadRequestError).
+            status_code = 400
+        body: Mapping[str, object] = openai_error_body(status_code, code, message)
+    else:
+        body = error_body(code, message, _request_id(request))
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
 def error_response(request: Request, exc: KBError) -> JSONResponse:
     """The response for a kb error, wherever it is raised (handlers and middleware alike)."""
-    return JSONResponse(
-        error_body(exc.code, exc.message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
-    )
+    return json_error(request, exc.status_code, exc.code, exc.message, exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -148,7 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(_validation_message(e) for e in exc.errors())
-        return JSONResponse(error_body("invalid_request", details, _request_id(request)), status_code=422)
+        return json_error(request, 422, "invalid_request", details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -160,24 +198,20 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's "error parsing the body" for JSON that is not UTF-8 says too little to fix it.
             message = f"the request body is not valid UTF-8 ({exc.__cause__.reason} at byte {exc.__cause__.start})"
         # Starlette puts the `Allow` header of a 405 on the exception; it must reach the client.
-        return JSONResponse(
-            error_body(code, message, _request_id(request)), status_code=exc.status_code, headers=exc.headers
-        )
+        return json_error(request, exc.status_code, code, message, exc.headers)
 
     @app.exception_handler(EmbedderUnavailable)
     async def _embedder_down(request: Request, exc: EmbedderUnavailable) -> JSONResponse:
         # A separate embedding service is down or slow: the caller may retry later, kb itself is fine.
-        return JSONResponse(error_body("service_unavailable", str(exc), _request_id(request)), status_code=503)
+        return json_error(request, 503, "service_unavailable", str(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # This handler runs outside every middleware, so it sets the request id header itself.
         rid = _request_id(request)
         log.exception("unhandled error", extra={"request_id": rid, "method": request.method, "path": request.url.path})
-        return JSONResponse(
-            error_body("internal_error", "internal error; see the server log", rid),
-            status_code=500,
-            headers={"x-request-id": rid} if rid else None,
+        return json_error(
+            request, 500, "internal_error", "internal error; see the server log", {"x-request-id": rid} if rid else None
         )
 
 

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
-from app.api import admin_kbs, admin_keys, ask, audit, health, me, metrics, search
+from app.api import admin_kbs, admin_keys, ask, audit, health, me, metrics, openai_compat, search
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.limits import AnswerSlots, BodySizeLimit
+from app.mcp_server import HttpMcp
 from app.metrics import MetricsMiddleware
 from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
     settings = settings or Settings()
     container = container or Container(settings)
+    mcp = HttpMcp(container)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +41,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             worker = threading.Thread(target=run_worker, args=(container, stop), name="kb-ingest-worker", daemon=True)
             worker.start()
         log.info("kb API ready")
-        yield
+        async with mcp.running():
+            yield
         stop.set()
         if worker is not None:
             worker.join(timeout=30)
@@ -85,6 +89,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(audit.router)
     app.include_router(admin_kbs.router)
     app.include_router(metrics.router)
+    app.include_router(openai_compat.router)
+    # The MCP endpoint (streamable HTTP): authenticated by the AuthMiddleware like every other route.
+    # A Route, not a Mount: a Mount would redirect /mcp to /mcp/. Starlette treats a non-function endpoint as
+    # an ASGI app.
+    app.router.routes.append(Route("/mcp", endpoint=mcp.app, include_in_schema=False))
 
     if settings.api.ui_enabled:
         from ui.chat import mount_ui

@@ -101,12 +101,26 @@ class GeneratorUnavailable(RuntimeError):
 
 @runtime_checkable
 class Generator(Protocol):
-    """Chat completions from a model server. Raises GeneratorUnavailable for any server-side failure."""
+    """Chat completions from a model server. Raises GeneratorUnavailable for any server-side failure.
 
-    async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
+    `max_tokens` and `temperature` override the configured values for one request (None: configured)."""
+
+    async def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        pattern: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> GenerationResult:
         """`pattern`: a regex the output must match (constrained decoding), where the server supports it."""
         ...
 
     def stream(
-        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        pattern: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[GenerationDelta]: ...

@@ -206,10 +206,13 @@ def bench_e2e(  # noqa: PLR0917  (Typer options)
         str, typer.Option(envvar="KB_API_KEY", help="An admin key of the running API (or env KB_API_KEY).")
     ] = "",
     kb: KbOpt = "default",
+    targets: Annotated[
+        str, typer.Option(help="Comma-separated sides to drive: kb (/ask), openai (/v1/chat/completions), vllm.")
+    ] = "kb,vllm",
     as_json: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
-    """Drive the running API and vLLM alone with the same prompts; QPS, TTFT and latency p50/p95 for both."""
+    """Drive the running API and vLLM alone with the same prompts; QPS, TTFT and latency p50/p95 for each."""
     from evaluation.bench_e2e import E2EError
     from evaluation.bench_e2e import bench_e2e as run
     from evaluation.datasets import DatasetError, QuestionFile
@@ -229,7 +232,7 @@ def bench_e2e(  # noqa: PLR0917  (Typer options)
     try:
         report = run(
             load_settings(), source, levels=levels, requests=requests, rounds=rounds, api_url=api_url, kb=kb,
-            api_key=api_key, progress=_progress,
+            api_key=api_key, targets=[t.strip() for t in targets.split(",") if t.strip()], progress=_progress,
         )  # fmt: skip
     except E2EError as exc:
         fail(str(exc))

@@ -1,5 +1,6 @@
-"""The two sides `kb bench e2e` drives with the same prompts: kb's API (`POST /ask`, server-sent events)
-and the model server alone (OpenAI chat completions, streamed), and the concurrent askers around them."""
+"""The sides `kb bench e2e` drives with the same prompts: kb's API (`POST /ask`, server-sent events), kb's
+OpenAI-compatible endpoint (`POST /v1/chat/completions`, streamed) and the model server alone (OpenAI chat
+completions, streamed), and the concurrent askers around them."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class _Choice(BaseModel):
 class _ChatChunk(BaseModel):
     choices: list[_Choice] = []
     usage: _Usage | None = None
+    # kb's OpenAI-compatible stream adds these to its final chunk.
+    kb: _KbDone | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,38 @@ def kb_asker(api_url: str, kb: str, api_key: str) -> Asker:
                 elif event.event == "error":
                     return sample
         sample.e2e_ms = (time.perf_counter() - started) * 1000
+        return sample
+
+    return ask
+
+
+def openai_asker(api_url: str, kb: str, api_key: str) -> Asker:
+    """kb through its OpenAI-compatible endpoint, as OpenAI's clients call it: the question as the user
+    message, the knowledge base as the model."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def ask(client: httpx.AsyncClient, prompt: Prompt) -> Sample:
+        body = {"model": kb, "messages": [{"role": "user", "content": prompt.question}], "stream": True}
+        started = time.perf_counter()
+        sample = Sample()
+        final: _KbDone | None = None
+        url = f"{api_url}/v1/chat/completions"
+        async with aconnect_sse(client, "POST", url, json=body, headers=headers) as source:
+            if source.response.status_code != 200:
+                return sample
+            async for event in source.aiter_sse():
+                if event.data == "[DONE]":
+                    break
+                chunk = _ChatChunk.model_validate_json(event.data)
+                if not chunk.choices:  # an error event
+                    return sample
+                if chunk.choices[0].delta.content and not sample.ttft_ms:
+                    sample.ttft_ms = (time.perf_counter() - started) * 1000
+                if chunk.usage:
+                    sample.completion_tokens = chunk.usage.completion_tokens
+                final = chunk.kb or final
+        sample.e2e_ms = (time.perf_counter() - started) * 1000
+        sample.ok = final is not None and not final.degraded and not final.refused and sample.ttft_ms > 0
         return sample
 
     return ask

@@ -59,37 +59,52 @@ class OpenAIGenerator:
         # callers pass a pattern only when the setting says the server supports it.
         return {"structured_outputs": {"regex": pattern}} if pattern else None
 
-    async def _create(self, messages: Sequence[ChatMessage], pattern: str | None) -> ChatCompletion:
+    def _decoding(self, max_tokens: int | None, temperature: float | None) -> tuple[int, float]:
+        return (
+            self.max_tokens if max_tokens is None else max_tokens,
+            self.temperature if temperature is None else temperature,
+        )
+
+    async def _create(
+        self, messages: Sequence[ChatMessage], pattern: str | None, max_tokens: int, temperature: float
+    ) -> ChatCompletion:
         async for attempt in self._retrying():
             with attempt:
                 return await self._client.chat.completions.create(
                     model=self.model,
                     messages=[m.model_dump() for m in messages],  # type: ignore[misc]
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
                     extra_body=self._extra(pattern),
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _create_stream(
-        self, messages: Sequence[ChatMessage], pattern: str | None
+        self, messages: Sequence[ChatMessage], pattern: str | None, max_tokens: int, temperature: float
     ) -> AsyncStream[ChatCompletionChunk]:
         async for attempt in self._retrying():
             with attempt:
                 return await self._client.chat.completions.create(  # type: ignore[call-overload,no-any-return]
                     model=self.model,
                     messages=[m.model_dump() for m in messages],
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
                     stream=True,
                     stream_options={"include_usage": True},
                     extra_body=self._extra(pattern),
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
+    async def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        pattern: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> GenerationResult:
         try:
-            response = await self._create(messages, pattern)
+            response = await self._create(messages, pattern, *self._decoding(max_tokens, temperature))
         except APIConnectionError as exc:  # APITimeoutError included
             raise GeneratorUnavailable(f"model server unavailable: {exc}") from exc
         except APIStatusError as exc:
@@ -104,11 +119,16 @@ class OpenAIGenerator:
         return GenerationResult(text=text, usage=usage)
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        pattern: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[GenerationDelta]:
         try:
             # Only opening the stream is retried: once tokens have gone out, a retry would repeat them.
-            stream = await self._create_stream(messages, pattern)
+            stream = await self._create_stream(messages, pattern, *self._decoding(max_tokens, temperature))
             async for event in stream:
                 if event.choices and event.choices[0].delta.content:
                     yield GenerationDelta(text=event.choices[0].delta.content)

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from app.answering import Question, StreamEvent
-from app.audit import Action, QuestionAudit
-from app.auth.deps import Asker, client_ip
-from app.auth.principal import Principal
-from app.deps import ContainerDep
-from app.limits import AnswerSlots, answer_slots, check_question, unless_disconnected
-from app.ratelimit import RateLimiter, rate_limiter
+from app.answering import Question
+from app.asking import Asking
+from app.auth.deps import Asker
 from app.schemas import AskRequest
-from core.types import Answer, Usage
+from core.types import Answer
 
 router = APIRouter(tags=["ask"])
 
@@ -60,58 +55,23 @@ _SSE_DOC = {
 
 
 @router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
-async def ask(
-    request: Request,
-    body: AskRequest,
-    *,
-    container: ContainerDep,
-    caller: Asker,
-    limiter: Annotated[RateLimiter, Depends(rate_limiter)],
-    slots: Annotated[AnswerSlots, Depends(answer_slots)],
-) -> Answer | Response:
-    audit = QuestionAudit(request, Action.ask, kb=body.kb, question=body.question)
-    caller.require_kb(body.kb)
+async def ask(request: Request, body: AskRequest, caller: Asker) -> Answer | Response:
+    asking = Asking(request, caller)
     history = [m.chat() for m in body.history]
-    check_question(body.question, history, request.app.state.settings.limits)
-    await audit.refuse_sensitive(container.sensitive, body.question, history)
-    ip = client_ip(request)
-    await limiter.require_tokens_async(caller, ip)
+    await asking.admit(kb=body.kb, question=body.question, history=history)
     question = Question(
         text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=history
     )
-    slot = slots.take()
-    metrics = container.metrics
     if not body.stream:
-        with slot, metrics.answer_in_flight():
-            answer = container.sensitive.screen(await unless_disconnected(request, container.answers.ask(question)))
-        await limiter.charge_usage(caller, ip, answer.usage)
-        metrics.observe_answer_model(answer, kb=body.kb, key=caller.name)
-        await audit.answered(answer)
-        return answer
-
-    events = audit.streamed(
-        container.sensitive.screen_stream(_charged(container.answers.stream(question), limiter, caller, ip))
-    )
+        return await asking.answer(question)
+    stream = asking.stream(question)
 
     async def sse() -> AsyncIterator[str]:
-        # In flight until the stream ends or the client leaves (the generator is closed then).
-        with slot, metrics.answer_in_flight():
-            observe = metrics.stream_observer(kb=body.kb, key=caller.name)
-            async for event in events:
-                observe(event.name, event.data)
-                yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
+        async for event in stream.events:
+            yield f"event: {event.name}\ndata: {json.dumps(event.data, ensure_ascii=False)}\n\n"
 
     # The slot is held until the stream ends; the background task frees it also when the stream never started.
     return StreamingResponse(
         sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-        background=BackgroundTask(slot.release),
+        background=BackgroundTask(stream.release.release),
     )  # fmt: skip
-
-
-async def _charged(
-    events: AsyncGenerator[StreamEvent], limiter: RateLimiter, caller: Principal, ip: str | None
-) -> AsyncGenerator[StreamEvent]:
-    async for event in events:
-        if event.name == "done":  # charged before the client can hang up on the last event
-            await limiter.charge_usage(caller, ip, Usage.model_validate(event.data["usage"]))
-        yield event

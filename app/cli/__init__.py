@@ -23,6 +23,7 @@ from app.cli import (  # noqa: F401  (registers commands)
     ingest,
     kbs,
     keys,
+    mcp,
     query,
     serve,
 )

@@ -20,6 +20,8 @@ class GeneratorCall:
     messages: list[ChatMessage]
     pattern: str | None
     streamed: bool
+    max_tokens: int | None = None
+    temperature: float | None = None
 
 
 class FakeGenerator:
@@ -38,8 +40,11 @@ class FakeGenerator:
         self.fail_after = fail_after
         self.calls: list[GeneratorCall] = []
 
-    def _reply(self, messages: Sequence[ChatMessage], pattern: str | None, *, streamed: bool) -> str:
-        self.calls.append(GeneratorCall(list(messages), pattern, streamed))
+    def _reply(
+        self, messages: Sequence[ChatMessage], pattern: str | None, *, streamed: bool,
+        max_tokens: int | None = None, temperature: float | None = None,
+    ) -> str:  # fmt: skip
+        self.calls.append(GeneratorCall(list(messages), pattern, streamed, max_tokens, temperature))
         if not self._replies:
             raise AssertionError("FakeGenerator has no scripted reply")
         reply = self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
@@ -55,16 +60,20 @@ class FakeGenerator:
     def usage(messages: Sequence[ChatMessage], pieces: Sequence[str]) -> Usage:
         return Usage(prompt_tokens=sum(len(words(m.content)) for m in messages), completion_tokens=len(pieces))
 
-    async def generate(self, messages: Sequence[ChatMessage], *, pattern: str | None = None) -> GenerationResult:
-        text = self._reply(messages, pattern, streamed=False)
+    async def generate(
+        self, messages: Sequence[ChatMessage], *, pattern: str | None = None, max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> GenerationResult:  # fmt: skip
+        text = self._reply(messages, pattern, streamed=False, max_tokens=max_tokens, temperature=temperature)
         if self.fail != "never":
             raise GeneratorUnavailable(f"fake model server unavailable ({self.fail})")
         return GenerationResult(text=text, usage=self.usage(messages, self.pieces(text)))
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, pattern: str | None = None
-    ) -> AsyncIterator[GenerationDelta]:
-        text = self._reply(messages, pattern, streamed=True)
+        self, messages: Sequence[ChatMessage], *, pattern: str | None = None, max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[GenerationDelta]:  # fmt: skip
+        text = self._reply(messages, pattern, streamed=True, max_tokens=max_tokens, temperature=temperature)
         if self.fail == "before":
             raise GeneratorUnavailable("fake model server unavailable (before the first token)")
         pieces = self.pieces(text)

@@ -9,7 +9,7 @@ import json
 import httpx
 
 from core.types import ChatMessage
-from evaluation.e2e_clients import Prompt, Sample, kb_asker, run_level, vllm_asker
+from evaluation.e2e_clients import Prompt, Sample, kb_asker, openai_asker, run_level, vllm_asker
 
 PROMPT = Prompt(question="How long is annual leave?", messages=[ChatMessage(role="user", content="q")], pattern="x+")
 
@@ -38,6 +38,8 @@ def ask(asker_bytes: bytes, asker: str, status: int = 200) -> tuple[Sample, list
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
             if asker == "kb":
                 return await kb_asker("http://kb", "hr", "kb_key_secret")(client, PROMPT)
+            if asker == "openai":
+                return await openai_asker("http://kb", "hr", "kb_key_secret")(client, PROMPT)
             return await vllm_asker("http://llm/v1", "m", "secret", 32, 0.0)(client, PROMPT)
 
     return asyncio.run(go()), seen
@@ -86,3 +88,29 @@ def test_a_level_asks_every_prompt_once_and_records_broken_streams_as_errors() -
     samples, wall = asyncio.run(run_level(3, prompts, flaky, timeout_s=5))
     assert sorted(calls) == ["a", "bad", "c", "d"] and wall >= 0
     assert sorted(s.ok for s in samples) == [False, True, True, True]
+
+
+def openai_stream(final_kb: dict[str, object]) -> bytes:
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Twenty days [1]."}}]},
+        {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 90, "completion_tokens": 6, "total_tokens": 96},
+            "citations": [], "sources": [], "kb": {"answer_id": "a", "grounded": True, "message": "", **final_kb},
+        },
+    ]  # fmt: skip
+    return sse(*((None, json.dumps(c)) for c in chunks), (None, "[DONE]"))
+
+
+def test_openai_asker_asks_kbs_v1_endpoint_and_reads_the_final_chunk() -> None:
+    sample, (request,) = ask(openai_stream({"refused": False, "degraded": False}), "openai")
+    assert sample.ok and sample.completion_tokens == 6 and 0 < sample.ttft_ms <= sample.e2e_ms
+    assert request.url == "http://kb/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer kb_key_secret"
+    body = json.loads(request.content)
+    assert body == {"model": "hr", "messages": [{"role": "user", "content": PROMPT.question}], "stream": True}
+    assert not ask(openai_stream({"refused": True, "degraded": False}), "openai")[0].ok
+    assert not ask(openai_stream({"refused": False, "degraded": True}), "openai")[0].ok
+    error = {"error": {"message": "model died", "type": "server_error", "code": "llm_unavailable"}}
+    assert not ask(sse((None, json.dumps(error))), "openai")[0].ok

@@ -1,0 +1,92 @@
+"""Everything kb does around an answer, the same for every door it is asked through.
+
+`/ask`, `/v1/chat/completions` and the MCP `ask` tool all go through `Asking`: the knowledge-base grant,
+the question and history sizes, the sensitive-term filter, the key's token budget, the cap on answers in
+flight, cancellation when the client leaves, withholding answers that name a sensitive term, charging
+the tokens used, the audit row and the metrics. Only the wire format differs between the doors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from app.answering import Question, StreamEvent
+from app.audit import Action, QuestionAudit
+from app.auth.deps import client_ip
+from app.auth.principal import Principal
+from app.container import Container
+from app.limits import AnswerSlot, AnswerSlots, check_question, unless_disconnected
+from app.ratelimit import RateLimiter
+from core.types import Answer, ChatMessage, Usage
+
+
+@dataclass
+class Stream:
+    """The events of a streamed answer, and what frees its in-flight slot should the stream never start."""
+
+    events: AsyncGenerator[StreamEvent]
+    release: AnswerSlot
+
+
+class Asking:
+    def __init__(self, request: Request, caller: Principal, *, action: Action = Action.ask) -> None:
+        self._request = request
+        self._caller = caller
+        self._action = action
+        self._container: Container = request.app.state.container
+        self._limiter: RateLimiter = request.app.state.rate_limiter
+        self._slots: AnswerSlots = request.app.state.answer_slots
+        self._ip = client_ip(request)
+        self._audit: QuestionAudit | None = None
+
+    async def admit(self, *, kb: str, question: str, history: Sequence[ChatMessage]) -> None:
+        """Raises the error the caller gets (403, 422, 400 sensitive term, 429) before any work is done."""
+        self._audit = QuestionAudit(self._request, self._action, kb=kb, question=question)
+        self._caller.require_kb(kb)
+        check_question(question, history, self._container.settings.limits)
+        await self._audit.refuse_sensitive(self._container.sensitive, question, history)
+        await self._limiter.require_tokens_async(self._caller, self._ip)
+
+    async def answer(self, question: Question) -> Answer:
+        audit = self._admitted()
+        container, metrics = self._container, self._container.metrics
+        with self._slots.take(), metrics.answer_in_flight():
+            answer = container.sensitive.screen(
+                await unless_disconnected(self._request, container.answers.ask(question))
+            )
+        await self._limiter.charge_usage(self._caller, self._ip, answer.usage)
+        metrics.observe_answer_model(answer, kb=question.kb, key=self._caller.name)
+        await audit.answered(answer)
+        return answer
+
+    def stream(self, question: Question) -> Stream:
+        audit = self._admitted()
+        slot = self._slots.take()
+        container = self._container
+        events = audit.streamed(container.sensitive.screen_stream(self._charged(container.answers.stream(question))))
+        return Stream(events=self._observed(events, slot, question.kb), release=slot)
+
+    async def _observed(
+        self, events: AsyncGenerator[StreamEvent], slot: AnswerSlot, kb: str
+    ) -> AsyncGenerator[StreamEvent]:
+        metrics = self._container.metrics
+        # In flight until the stream ends or the client leaves (the generator is closed then).
+        with slot, metrics.answer_in_flight():
+            observe = metrics.stream_observer(kb=kb, key=self._caller.name)
+            async for event in events:
+                observe(event.name, event.data)
+                yield event
+
+    async def _charged(self, events: AsyncGenerator[StreamEvent]) -> AsyncGenerator[StreamEvent]:
+        async for event in events:
+            if event.name == "done":  # charged before the client can hang up on the last event
+                await self._limiter.charge_usage(self._caller, self._ip, Usage.model_validate(event.data["usage"]))
+            yield event
+
+    def _admitted(self) -> QuestionAudit:
+        if self._audit is None:
+            raise RuntimeError("Asking.admit must run before the answer")
+        return self._audit
