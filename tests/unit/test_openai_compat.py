@@ -112,7 +112,6 @@ def test_check_request_threads_the_decoding_limits_and_the_callers_access(regist
         (EMPLOYEE, {"max_tokens": 385}, InvalidRequest),
         (EMPLOYEE, {"max_completion_tokens": 1000}, InvalidRequest),
         (EMPLOYEE, {"n": 2}, InvalidRequest),
-        # /ask's own limits: the question goes through its request model.
     ],
 )
 def test_check_request_refuses(
