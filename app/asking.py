@@ -2,8 +2,8 @@
 
 `/ask`, `/v1/chat/completions` and the MCP `ask` tool all go through `Asking`: the knowledge-base grant,
 the question and history sizes, the sensitive-term filter, the key's token budget, the cap on answers in
-flight, cancellation when the client leaves, withholding answers that name a sensitive term, charging
-the tokens used, the audit row and the metrics. Only the wire format differs between the doors.
+flight, cancellation when an HTTP client leaves, withholding answers that name a sensitive term,
+charging the tokens used, the audit row and the metrics. Only the wire format differs between the doors.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from app.answering import Question, StreamEvent
-from app.audit import Action, QuestionAudit
-from app.auth.deps import client_ip
+from app.audit import Action, Actor, QuestionAudit
 from app.auth.principal import Principal
 from app.container import Container
 from app.limits import AnswerSlot, AnswerSlots, check_question, unless_disconnected
@@ -31,48 +30,72 @@ class Stream:
     release: AnswerSlot
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What one process shares between all the answers it gives: the rate limiter and the in-flight cap."""
+
+    container: Container
+    limiter: RateLimiter
+    slots: AnswerSlots
+
+    @classmethod
+    def of_request(cls, request: Request) -> Gate:
+        return cls(request.app.state.container, request.app.state.rate_limiter, request.app.state.answer_slots)
+
+
 class Asking:
-    def __init__(self, request: Request, caller: Principal, *, action: Action = Action.ask) -> None:
-        self._request = request
+    def __init__(
+        self, gate: Gate, caller: Principal, *, actor: Actor, request: Request | None = None,
+        action: Action = Action.ask,
+    ) -> None:  # fmt: skip
+        self._gate = gate
         self._caller = caller
+        self._actor = actor
+        # An HTTP request, when there is one: its refusals name the knowledge base in the audit log, and a
+        # client that hangs up cancels the answer.
+        self._request = request
         self._action = action
-        self._container: Container = request.app.state.container
-        self._limiter: RateLimiter = request.app.state.rate_limiter
-        self._slots: AnswerSlots = request.app.state.answer_slots
-        self._ip = client_ip(request)
         self._audit: QuestionAudit | None = None
+
+    @classmethod
+    def of_request(cls, request: Request, caller: Principal, *, action: Action = Action.ask) -> Asking:
+        return cls(Gate.of_request(request), caller, actor=Actor.of_request(request), request=request, action=action)
 
     async def admit(self, *, kb: str, question: str, history: Sequence[ChatMessage]) -> None:
         """Raises the error the caller gets (403, 422, 400 sensitive term, 429) before any work is done."""
-        self._audit = QuestionAudit(self._request, self._action, kb=kb, question=question)
+        container = self._gate.container
+        if self._request is not None:
+            self._audit = QuestionAudit.of_request(self._request, self._action, kb=kb, question=question)
+        else:
+            self._audit = QuestionAudit(container.audit, self._actor, self._action, kb=kb, question=question)
         self._caller.require_kb(kb)
-        check_question(question, history, self._container.settings.limits)
-        await self._audit.refuse_sensitive(self._container.sensitive, question, history)
-        await self._limiter.require_tokens_async(self._caller, self._ip)
+        check_question(question, history, container.settings.limits)
+        await self._audit.refuse_sensitive(container.sensitive, question, history)
+        await self._gate.limiter.require_tokens_async(self._caller, self._actor.ip or None)
 
     async def answer(self, question: Question) -> Answer:
         audit = self._admitted()
-        container, metrics = self._container, self._container.metrics
-        with self._slots.take(), metrics.answer_in_flight():
-            answer = container.sensitive.screen(
-                await unless_disconnected(self._request, container.answers.ask(question))
-            )
-        await self._limiter.charge_usage(self._caller, self._ip, answer.usage)
+        container, metrics = self._gate.container, self._gate.container.metrics
+        with self._gate.slots.take(), metrics.answer_in_flight():
+            work = container.answers.ask(question)
+            raw = await (unless_disconnected(self._request, work) if self._request is not None else work)
+            answer = container.sensitive.screen(raw)
+        await self._gate.limiter.charge_usage(self._caller, self._actor.ip or None, answer.usage)
         metrics.observe_answer_model(answer, kb=question.kb, key=self._caller.name)
         await audit.answered(answer)
         return answer
 
     def stream(self, question: Question) -> Stream:
         audit = self._admitted()
-        slot = self._slots.take()
-        container = self._container
+        slot = self._gate.slots.take()
+        container = self._gate.container
         events = audit.streamed(container.sensitive.screen_stream(self._charged(container.answers.stream(question))))
         return Stream(events=self._observed(events, slot, question.kb), release=slot)
 
     async def _observed(
         self, events: AsyncGenerator[StreamEvent], slot: AnswerSlot, kb: str
     ) -> AsyncGenerator[StreamEvent]:
-        metrics = self._container.metrics
+        metrics = self._gate.container.metrics
         # In flight until the stream ends or the client leaves (the generator is closed then).
         with slot, metrics.answer_in_flight():
             observe = metrics.stream_observer(kb=kb, key=self._caller.name)
@@ -83,7 +106,8 @@ class Asking:
     async def _charged(self, events: AsyncGenerator[StreamEvent]) -> AsyncGenerator[StreamEvent]:
         async for event in events:
             if event.name == "done":  # charged before the client can hang up on the last event
-                await self._limiter.charge_usage(self._caller, self._ip, Usage.model_validate(event.data["usage"]))
+                usage = Usage.model_validate(event.data["usage"])
+                await self._gate.limiter.charge_usage(self._caller, self._actor.ip or None, usage)
             yield event
 
     def _admitted(self) -> QuestionAudit:

@@ -8,7 +8,7 @@ One row per audited event in the `audit_log` table (app layer, on the registry's
   A question refused for a sensitive term is the same action with status 400 and `refused: "sensitive_term"`.
 - `upload`, `delete`, `acl_change`: kb, target = document id; detail what changed (groups before/after).
 - `key_create`, `key_revoke`, `key_rotate`: target = key name; detail role, groups, kbs, cidrs, expiry.
-- `kb_create`, `kb_delete`: kb (and target) = knowledge base name.
+- `kb_create`, `kb_update`, `kb_delete`: kb (and target) = knowledge base name.
 - `unauthorized` (401), `forbidden` (403), `rate_limited` (429): recorded for every route by
   `app.request_context.RequestContext`; detail method, path (and the key id a refused key named).
 
@@ -56,6 +56,7 @@ class Action(StrEnum):
     key_revoke = "key_revoke"
     key_rotate = "key_rotate"
     kb_create = "kb_create"
+    kb_update = "kb_update"
     kb_delete = "kb_delete"
     unauthorized = "unauthorized"
     forbidden = "forbidden"
@@ -243,17 +244,24 @@ def answer_docs(items: Iterable[Citation | Mapping[str, Any]]) -> list[str]:
 class QuestionAudit:
     """The audit row of one /ask or /search: the question (text or hash) and the documents returned."""
 
-    def __init__(self, request: Request, action: Action, *, kb: str, question: str) -> None:
-        note_kb(request, kb)
-        self._request = request
+    def __init__(self, audit: AuditLog, actor: Actor, action: Action, *, kb: str, question: str) -> None:
+        self._audit = audit
+        self._actor = actor
         self._action = action
         self._kb = kb
-        self._question: dict[str, Any] = request.app.state.container.audit.question(question)
+        self._question: dict[str, Any] = audit.question(question)
+
+    @classmethod
+    def of_request(cls, request: Request, action: Action, *, kb: str, question: str) -> QuestionAudit:
+        note_kb(request, kb)
+        audit: AuditLog = request.app.state.container.audit
+        return cls(audit, Actor.of_request(request), action, kb=kb, question=question)
 
     async def record(self, status: int = 200, **detail: Any) -> None:
-        await audit_request(
-            self._request, self._action, kb=self._kb, status=status, detail={**self._question, **detail}
-        )
+        await record_async(
+            self._audit, self._action, actor=self._actor, kb=self._kb, status=status,
+            detail={**self._question, **detail},
+        )  # fmt: skip
 
     async def refuse_sensitive(self, terms: SensitiveTerms, question: str, history: Iterable[ChatMessage] = ()) -> None:
         """Raises SensitiveTerm (400) for a question that mentions a sensitive term, recorded first."""

@@ -153,6 +153,7 @@ class Container:
         return KnowledgeBases(
             registry=self.registry,
             drop_collection=self._drop_collection,
+            audit=self.audit,
             default_groups=self.settings.security.default_groups,
         )
 

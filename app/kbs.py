@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from app.audit import Action, Actor, AuditLog
 from app.errors import Conflict, InvalidRequest, NotFound
 from core.names import KB_NAME
 from ingest.labels import InvalidAccess, check_labels
@@ -40,10 +41,14 @@ class KbDeleted:
 
 
 class KnowledgeBases:
+    """Every change is recorded in the audit log with the actor the caller names (a key, or local-admin)."""
+
     def __init__(
-        self, *, registry: Registry, drop_collection: Callable[[str], None], default_groups: Sequence[str] = ()
-    ) -> None:
+        self, *, registry: Registry, drop_collection: Callable[[str], None], audit: AuditLog,
+        default_groups: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self._registry = registry
+        self._audit = audit
         # A callable, so that listing and editing never open the vector store.
         self._drop = drop_collection
         self._default_groups = list(default_groups)
@@ -58,7 +63,9 @@ class KnowledgeBases:
             raise NotFound(f"no knowledge base {name!r}")
         return KbInfo.of(kb, self._registry.document_counts().get(name, 0))
 
-    def create(self, name: str, *, description: str = "", default_groups: Sequence[str] | None = None) -> KbInfo:
+    def create(
+        self, name: str, *, actor: Actor, description: str = "", default_groups: Sequence[str] | None = None
+    ) -> KbInfo:
         """A new knowledge base; default groups not given are the configured ones (security.default_groups)."""
         _check_name(name)
         groups = _groups(default_groups) if default_groups is not None else list(self._default_groups)
@@ -67,10 +74,14 @@ class KnowledgeBases:
         )
         if not created:
             raise Conflict(f"knowledge base {name!r} already exists")
+        self._audit.record(
+            Action.kb_create, actor=actor, kb=name, target=name, status=201,
+            detail={"description": kb.description, "default_groups": groups},
+        )  # fmt: skip
         return KbInfo.of(kb, 0)
 
     def update(
-        self, name: str, *, description: str | None = None, default_groups: Sequence[str] | None = None
+        self, name: str, *, actor: Actor, description: str | None = None, default_groups: Sequence[str] | None = None
     ) -> KbInfo:
         """Change the description and/or the default groups (documents already there keep theirs)."""
         kb = self._registry.update_knowledge_base(
@@ -80,9 +91,13 @@ class KnowledgeBases:
         )
         if kb is None:
             raise NotFound(f"no knowledge base {name!r}")
+        self._audit.record(
+            Action.kb_update, actor=actor, kb=name, target=name,
+            detail={"description": description, "default_groups": kb.default_groups},
+        )  # fmt: skip
         return KbInfo.of(kb, self._registry.document_counts().get(name, 0))
 
-    def delete(self, name: str) -> KbDeleted:
+    def delete(self, name: str, *, actor: Actor) -> KbDeleted:
         """Drop the knowledge base's collection, then forget it and its documents."""
         if not KB_NAME.match(name):
             raise NotFound(f"no knowledge base {name!r}")
@@ -91,6 +106,7 @@ class KnowledgeBases:
             raise NotFound(f"no knowledge base {name!r}")
         self._drop(name)
         self._registry.delete_knowledge_base(name)
+        self._audit.record(Action.kb_delete, actor=actor, kb=name, target=name, detail={"documents": documents})
         return KbDeleted(name, documents)
 
 

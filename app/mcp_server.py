@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
@@ -29,13 +30,18 @@ from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
 
 from app.answering import Question
+from app.asking import Asking, Gate
+from app.audit import Action, Actor, QuestionAudit
 from app.auth.keys import KeyStore
 from app.auth.principal import Principal
 from app.auth.roles import Permission
 from app.container import Container
 from app.errors import KBError, NotFound
+from app.limits import AnswerSlots, check_question
+from app.ratelimit import RateLimiter
 from app.schemas import AskRequest, SearchRequest
 from core.names import KB_NAME_PATTERN
 from core.types import Chunk, ScoredChunk, SearchMode
@@ -45,6 +51,35 @@ log = logging.getLogger(__name__)
 
 Context = ServerRequestContext[Any, Any]
 PrincipalOf = Callable[[Context], Principal]
+# The limiter, the in-flight cap and the audit identity a call goes through: the API's own over HTTP, the
+# stdio process's own for `kb mcp --stdio`.
+GateOf = Callable[[Context, Principal], tuple[Gate, Actor]]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    caller: Principal
+    gate: Gate
+    actor: Actor
+
+
+def http_gate(ctx: Context, _caller: Principal) -> tuple[Gate, Actor]:
+    request = ctx.request
+    if not isinstance(request, Request):
+        raise MCPError(types.INVALID_REQUEST, "no HTTP request behind this call")
+    return Gate.of_request(request), Actor.of_request(request)
+
+
+def process_gate(container: Container) -> GateOf:
+    """stdio: one gate for the process (its own rate limiter, or the shared one when Redis is configured)."""
+    settings = container.settings
+    gate = Gate(container, RateLimiter.from_settings(settings), AnswerSlots(settings.limits.answers_in_flight))
+
+    def of(_ctx: Context, caller: Principal) -> tuple[Gate, Actor]:
+        return gate, Actor.of_principal(caller, ip="stdio")
+
+    return of
+
 
 KB_LIST_URI = "kb://knowledge-bases"
 KB_URI_PREFIX = f"{KB_LIST_URI}/"
@@ -163,9 +198,10 @@ class KbTools:
         return _schema(model) if model is not None else None
 
     # calling ---------------------------------------------------------------------------------------
-    async def call(self, caller: Principal, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+    async def call(self, call: ToolCall, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """A tool's result, or its refusal as an error result the model can read (MCP's convention for
-        errors of the tool, as opposed to errors of the protocol)."""
+        errors of the tool, as opposed to errors of the protocol). Each call counts against the key's
+        request rate like an HTTP request does."""
         handler = {
             "search": self.search, "ask": self.ask, "list_documents": self.list_documents,
             "get_document": self.get_document,
@@ -173,7 +209,8 @@ class KbTools:
         if handler is None:
             raise MCPError(types.INVALID_PARAMS, f"unknown tool {name!r}")
         try:
-            result = await handler(caller, arguments)
+            await to_thread.run_sync(call.gate.limiter.hit_request, call.caller, call.actor.ip or None)
+            result = await handler(call, arguments)
         except ValidationError as exc:
             return _error(_validation_message(exc))
         except KBError as exc:
@@ -183,23 +220,32 @@ class KbTools:
             structured_content=result,
         )
 
-    async def search(self, caller: Principal, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def search(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
+        caller = call.caller
         caller.require(Permission.search)
         args = SearchArgs.model_validate(arguments)
-        caller.require_kb(args.kb)
-        # /search's own request model: the same limits as the HTTP route.
+        # /search's own request model and checks: the same limits, filter and audit row as the HTTP route.
         body = SearchRequest(query=args.query, kb=args.kb, top_k=args.top_k, mode=args.mode)
+        audit = QuestionAudit(self._c.audit, call.actor, Action.search, kb=body.kb, question=body.query)
+        caller.require_kb(body.kb)
+        check_question(body.query, [], self._c.settings.limits, field="query")
+        await audit.refuse_sensitive(self._c.sensitive, body.query)
         retrieval = await self._c.answers.retrieve(
             Question(text=body.query, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode)
         )
-        return {"query": body.query, "kb": body.kb, "hits": [_hit(i, h) for i, h in enumerate(retrieval.hits, 1)]}
+        hits = [_hit(i, h) for i, h in enumerate(retrieval.hits, 1)]
+        await audit.record(docs=list(dict.fromkeys(h.chunk.doc_id for h in retrieval.hits)))
+        return {"query": body.query, "kb": body.kb, "hits": hits}
 
-    async def ask(self, caller: Principal, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def ask(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
+        caller = call.caller
         caller.require(Permission.ask)
         args = AskArgs.model_validate(arguments)
-        caller.require_kb(args.kb)
         body = AskRequest(question=args.question, kb=args.kb)
-        answer = await self._c.answers.ask(Question(text=body.question, access=caller.access, kb=body.kb))
+        # The same gate as /ask and /v1/chat/completions.
+        asking = Asking(call.gate, caller, actor=call.actor)
+        await asking.admit(kb=body.kb, question=body.question, history=[])
+        answer = await asking.answer(Question(text=body.question, access=caller.access, kb=body.kb))
         return {
             "answer": answer.answer,
             "citations": [c.model_dump() for c in answer.citations],
@@ -208,7 +254,8 @@ class KbTools:
             "grounded": answer.grounded, "message": answer.message,
         }  # fmt: skip
 
-    async def list_documents(self, caller: Principal, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def list_documents(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
+        caller = call.caller
         caller.require(Permission.read_documents)
         args = ListDocumentsArgs.model_validate(arguments)
         caller.require_kb(args.kb)
@@ -223,7 +270,8 @@ class KbTools:
         ]
         return {"kb": args.kb, "documents": documents}
 
-    async def get_document(self, caller: Principal, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def get_document(self, call: ToolCall, arguments: dict[str, Any]) -> dict[str, Any]:
+        caller = call.caller
         caller.require(Permission.read_documents)
         args = GetDocumentArgs.model_validate(arguments)
         caller.require_kb(args.kb)
@@ -363,7 +411,7 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(container: Container, principal_of: PrincipalOf) -> Server[Any]:
+def build_server(container: Container, principal_of: PrincipalOf, gate_of: GateOf) -> Server[Any]:
     tools = KbTools(container)
 
     async def list_tools(ctx: Context, _params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -371,7 +419,9 @@ def build_server(container: Container, principal_of: PrincipalOf) -> Server[Any]
         return types.ListToolsResult(tools=await to_thread.run_sync(lambda: tools.tools(caller)))
 
     async def call_tool(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await tools.call(principal_of(ctx), params.name, params.arguments or {})
+        caller = principal_of(ctx)
+        gate, actor = gate_of(ctx, caller)
+        return await tools.call(ToolCall(caller, gate, actor), params.name, params.arguments or {})
 
     async def list_resources(ctx: Context, _params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         caller = principal_of(ctx)
@@ -401,7 +451,7 @@ class HttpMcp:
         # check on Host/Origin: every request needs the key in a header, which a rebinding page cannot send,
         # and kb's host names are the deployment's to choose.
         self.manager = StreamableHTTPSessionManager(
-            app=build_server(container, http_principal), stateless=True, json_response=True
+            app=build_server(container, http_principal, http_gate), stateless=True, json_response=True
         )
         self.app = StreamableHTTPASGIApp(self.manager)
 
@@ -412,7 +462,7 @@ class HttpMcp:
 
 
 async def serve_stdio(container: Container, principal_of: PrincipalOf) -> None:
-    server = build_server(container, principal_of)
+    server = build_server(container, principal_of, process_gate(container))
     async with stdio_server() as (read, write):
         # Models and connections load now, so that the first call does not wait for them; inside the stdio
         # claim, where stdout points at stderr, so that nothing a library prints can corrupt the protocol.

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
+from app.audit import Actor, note_kb
 from app.auth.deps import KbAdmin
 from app.deps import ContainerDep
 from app.kbs import MAX_DESCRIPTION, KbDeleted, KbInfo
@@ -65,20 +66,31 @@ def list_kbs(container: ContainerDep, caller: KbAdmin) -> list[KnowledgeBaseOut]
 
 
 @router.post("", response_model=KnowledgeBaseOut, status_code=status.HTTP_201_CREATED)
-def create_kb(body: KnowledgeBaseCreate, container: ContainerDep, caller: KbAdmin) -> KnowledgeBaseOut:
+def create_kb(
+    request: Request, body: KnowledgeBaseCreate, container: ContainerDep, caller: KbAdmin
+) -> KnowledgeBaseOut:
+    note_kb(request, body.name)
     caller.require_kb(body.name)
-    info = container.kbs.create(body.name, description=body.description, default_groups=body.default_groups)
+    info = container.kbs.create(
+        body.name, actor=Actor.of_request(request), description=body.description, default_groups=body.default_groups
+    )
     return KnowledgeBaseOut.of(info)
 
 
 @router.patch("/{name}", response_model=KnowledgeBaseOut)
-def update_kb(name: KbName, body: KnowledgeBaseUpdate, container: ContainerDep, caller: KbAdmin) -> KnowledgeBaseOut:
+def update_kb(
+    request: Request, name: KbName, body: KnowledgeBaseUpdate, container: ContainerDep, caller: KbAdmin
+) -> KnowledgeBaseOut:
+    note_kb(request, name)
     caller.require_kb(name)
-    info = container.kbs.update(name, description=body.description, default_groups=body.default_groups)
+    info = container.kbs.update(
+        name, actor=Actor.of_request(request), description=body.description, default_groups=body.default_groups
+    )
     return KnowledgeBaseOut.of(info)
 
 
 @router.delete("/{name}", response_model=KnowledgeBaseDeleted)
-def delete_kb(name: KbName, container: ContainerDep, caller: KbAdmin) -> KnowledgeBaseDeleted:
+def delete_kb(request: Request, name: KbName, container: ContainerDep, caller: KbAdmin) -> KnowledgeBaseDeleted:
+    note_kb(request, name)
     caller.require_kb(name)
-    return KnowledgeBaseDeleted.of(container.kbs.delete(name))
+    return KnowledgeBaseDeleted.of(container.kbs.delete(name, actor=Actor.of_request(request)))

@@ -56,7 +56,7 @@ _SSE_DOC = {
 
 @router.post("/ask", response_model=Answer, responses=_SSE_DOC)  # type: ignore[arg-type]
 async def ask(request: Request, body: AskRequest, caller: Asker) -> Answer | Response:
-    asking = Asking(request, caller)
+    asking = Asking.of_request(request, caller)
     history = [m.chat() for m in body.history]
     await asking.admit(kb=body.kb, question=body.question, history=history)
     question = Question(

@@ -29,7 +29,7 @@ async def chat_completions(
 ) -> ChatCompletion | Response:
     completion = openai_compat.check_request(body, caller, container.registry, container.settings.llm.max_tokens)
     # The same gate and bookkeeping as /ask: grants, sizes, sensitive terms, token budget, in-flight cap, audit.
-    asking = Asking(request, caller)
+    asking = Asking.of_request(request, caller)
     question = completion.question
     await asking.admit(kb=completion.kb, question=question.text, history=question.history)
     if not completion.stream:

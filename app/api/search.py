@@ -16,7 +16,7 @@ router = APIRouter(tags=["search"])
 
 @router.post("/search", response_model=SearchResponse)
 async def search(request: Request, body: SearchRequest, container: ContainerDep, caller: Searcher) -> SearchResponse:
-    audit = QuestionAudit(request, Action.search, kb=body.kb, question=body.query)
+    audit = QuestionAudit.of_request(request, Action.search, kb=body.kb, question=body.query)
     caller.require_kb(body.kb)
     check_question(body.query, [], request.app.state.settings.limits, field="query")
     await audit.refuse_sensitive(container.sensitive, body.query)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
+from app.audit import Action, Actor
 from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
 from app.settings import Settings
 
@@ -246,6 +247,8 @@ def docs_delete(doc_id: DocIdArg, kb: KbOpt = "default", as_json: JsonOpt = Fals
     settings = load_settings()
     container = _container(settings)
     deleted = _known_document(lambda: container.documents.delete(kb, doc_id))
+    if deleted:
+        container.audit.record(Action.delete, actor=Actor.local_admin(), kb=kb, target=doc_id)
     if not deleted:
         emit({"doc_id": doc_id, "deleted": False}, as_json, f"{doc_id} was already deleted")
         return
@@ -282,6 +285,10 @@ def docs_set_acl(
     except Exception as exc:  # noqa: BLE001 - whatever broke, the document stays hidden until a worker repairs it
         ensure_worker(container)
         fail(f"changing the groups of {doc_id} failed part-way ({exc}); it stays hidden until a worker finishes it")
+    container.audit.record(
+        Action.acl_change, actor=Actor.local_admin(), kb=kb, target=doc_id,
+        detail={"groups": result.acl_groups, "tags": result.tags},
+    )  # fmt: skip
     data = dataclasses.asdict(result)
     human = (
         f"{doc_id} v{result.version}: groups {','.join(result.acl_groups) or '- (admins only)'}, "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from app.audit import Actor
 from app.cli._common import JsonOpt, cli, emit, fail, load_settings
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ def create(
     from app.errors import KBError
 
     try:
-        info = _kbs().create(name, description=description or "", default_groups=_groups(default_groups))
+        info = _kbs().create(
+            name, actor=Actor.local_admin(), description=description or "", default_groups=_groups(default_groups)
+        )
     except KBError as exc:
         fail(exc.message, 2 if exc.status_code == 400 else 1)
     emit(dataclasses.asdict(info), as_json, f"created {_line(info)}")
@@ -75,7 +78,9 @@ def update(
     if description is None and default_groups is None:
         fail("nothing to change: give --description and/or --default-groups", 2)
     try:
-        info = _kbs().update(name, description=description, default_groups=_groups(default_groups))
+        info = _kbs().update(
+            name, actor=Actor.local_admin(), description=description, default_groups=_groups(default_groups)
+        )
     except KBError as exc:
         fail(exc.message, 2 if exc.status_code == 400 else 1)
     emit(dataclasses.asdict(info), as_json, f"updated {_line(info)}")
@@ -95,7 +100,7 @@ def delete(
         info = kbs.get(name)
         if not yes:
             typer.confirm(f"delete knowledge base {name} and its {info.documents} documents?", abort=True)
-        gone = kbs.delete(name)
+        gone = kbs.delete(name, actor=Actor.local_admin())
     except KBError as exc:
         fail(exc.message)
     emit(dataclasses.asdict(gone), as_json, f"deleted {gone.name} ({gone.documents} documents)")
