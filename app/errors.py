@@ -144,6 +144,26 @@ _OPENAI_TYPES = {
 }
 
 
+class OpenAIErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The body of an error under /v1/: OpenAI's shape, which its clients parse."""
+
+    error: OpenAIErrorInfo
+
+
+# Declared on the /v1 router: it replaces the app-wide kb shape for those routes in OpenAPI.
+OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": OpenAIErrorResponse, "description": spec["description"]}
+    for status, spec in ERROR_RESPONSES.items()
+}
+
+
 def openai_error_body(status_code: int, code: str, message: str) -> dict[str, dict[str, str | None]]:
     kind = _OPENAI_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}

@@ -10,9 +10,10 @@ from app import openai_compat
 from app.asking import Asking
 from app.auth.deps import Asker
 from app.deps import ContainerDep
+from app.errors import OPENAI_ERROR_RESPONSES
 from app.openai_compat import ChatCompletion, ChatCompletionRequest, Model, ModelList
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=OPENAI_ERROR_RESPONSES)
 
 _SSE_DOC = {
     200: {
