@@ -49,6 +49,10 @@ class Endpoint:
     # Whether the request names a knowledge base (in the path or body, as {kb}) that the key must be granted.
     kb_scoped: bool = False
     ok: int = 200
+    # What a caller granted every knowledge base gets for one that does not exist (None: `ok`).
+    missing_kb: int | None = None
+    # Errors in OpenAI's shape (the /v1 routes) rather than kb's.
+    openai: bool = False
 
     @property
     def id(self) -> str:
@@ -78,6 +82,17 @@ ENDPOINTS = [
     Endpoint("PATCH", "/admin/kbs/no_such_kb_42", {"description": "x"}, MANAGE_KBS, ok=404),
     Endpoint("GET", "/admin/audit", permission=READ_AUDIT),
     Endpoint("GET", "/no-such-route", permission=SIGNED_IN, ok=404),
+    Endpoint("GET", "/metrics", permission=READ_AUDIT),  # admins only (unless made public by setting)
+    Endpoint("GET", "/v1/models", permission=ASK, openai=True),
+    Endpoint(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "{kb}", "messages": [{"role": "user", "content": "Who leads GARNET?"}]},
+        ASK,
+        True,
+        missing_kb=404,
+        openai=True,
+    ),
 ]
 
 
@@ -124,6 +139,8 @@ def expected_status(endpoint: Endpoint, caller: Caller, kb: str) -> int:
         return 403
     if endpoint.kb_scoped and "*" not in caller.kbs and kb not in caller.kbs:
         return 403
+    if endpoint.missing_kb is not None and kb == KBS["missing"]:
+        return endpoint.missing_kb
     return endpoint.ok
 
 
@@ -144,7 +161,13 @@ def test_permission_matrix(
     response = client.request(method, path, json=body, headers=caller.headers(live))
     want = expected_status(endpoint, caller, kb)
     assert response.status_code == want, (response.status_code, response.text[:500])
-    if want >= 400:
+    if want >= 400 and endpoint.openai:
+        error = response.json()["error"]
+        kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+        assert error["type"] == kinds[want] and error["message"], error
+        if want == 401:
+            assert response.headers["www-authenticate"] == "Bearer"
+    elif want >= 400:
         error = assert_error_shape(response)
         codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 422: "invalid_request"}
         assert error["code"] == codes[want], error
@@ -155,7 +178,7 @@ def test_permission_matrix(
 def test_the_same_403_whether_the_knowledge_base_exists_or_not(live: LiveServer, client: httpx.Client) -> None:
     """Probing kb names must not tell which exist: the refusal differs only in the name echoed back."""
     headers = live.headers(live.key(EMPLOYEE_A))
-    for endpoint in (e for e in ENDPOINTS if e.kb_scoped):
+    for endpoint in (e for e in ENDPOINTS if e.kb_scoped and not e.openai):
         refusals = {}
         for which in ("other", "missing"):
             method, path, body = endpoint.request(KBS[which])
