@@ -15,6 +15,7 @@ from app.kbs import KnowledgeBases
 from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
 from app.settings import Settings
+from core.protocols import Reranker
 from ingest.access import DocumentAccess
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
@@ -29,10 +30,11 @@ from ingest.worker import JobWorker
 from retrieval.condense import Condenser
 from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import ProfiledEmbedder, SentenceTransformerEmbedder
+from retrieval.http_reranker import HTTPReranker
 from retrieval.milvus_connect import LiteLayout, open_client
 from retrieval.openai_embedder import OpenAIEmbedder
 from retrieval.pipeline import QueryPipeline
-from retrieval.reranker import CrossEncoderReranker, load_reranker
+from retrieval.reranker import load_reranker
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
@@ -87,8 +89,13 @@ class Container:
         )
 
     @cached_property
-    def reranker(self) -> CrossEncoderReranker | None:
+    def reranker(self) -> Reranker | None:
         r = self.settings.reranker
+        if r.enabled and r.base_url:
+            return HTTPReranker(
+                r.base_url, model=r.model, protocol=r.protocol, api_key=r.api_key.get_secret_value(),
+                timeout_s=r.timeout_s, retries=r.connect_retries,
+            )  # fmt: skip
         return load_reranker(
             r.model, enabled=r.enabled, device=r.device, batch_size=r.batch_size, max_length=r.max_length
         )

@@ -67,6 +67,13 @@ class RerankerSettings(BaseModel):
     device: str = "auto"
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(512, ge=16)
+    # A rerank service (Text Embeddings Inference, vLLM, Infinity), e.g. http://rerank:80: the API then
+    # loads no cross-encoder. `protocol` is its wire format: "tei", or "cohere" (vLLM, Infinity, Jina).
+    base_url: str = ""
+    protocol: Literal["tei", "cohere"] = "tei"
+    api_key: SecretStr = SecretStr("EMPTY")
+    timeout_s: float = Field(10.0, gt=0)
+    connect_retries: int = Field(2, ge=0)
 
 
 class LLMSettings(BaseModel):

@@ -95,6 +95,10 @@ class Reranker(Protocol):
     def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
 
+class RerankerUnavailable(RuntimeError):
+    """The reranker cannot be loaded, or its service failed: retrieval ranks without it and says so."""
+
+
 class GeneratorUnavailable(RuntimeError):
     """The model server could not be reached, failed, or did not answer in time: callers degrade, not crash."""
 

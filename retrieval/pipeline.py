@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from core.protocols import Embedder, Reranker, VectorStore
+from core.protocols import Embedder, Reranker, RerankerUnavailable, VectorStore
 from core.text import detect_language
 from core.types import RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
 from retrieval.context import Source, assemble_context
@@ -108,10 +108,16 @@ class QueryPipeline:
         reranked = False
         if rerank and self._reranker is not None and hits:
             t = time.perf_counter()
-            head = self._reranker.rerank(question, hits[: self._rerank_candidates], self._rerank_candidates)
-            hits = head + hits[self._rerank_candidates :]
-            timings["rerank_ms"] = (time.perf_counter() - t) * 1000
-            reranked = True
+            try:
+                head = self._reranker.rerank(question, hits[: self._rerank_candidates], self._rerank_candidates)
+            except RerankerUnavailable as exc:
+                # A rerank service that is down costs the ranking, not the answer; and the answer says so.
+                log.warning("%s; ranked without reranking", exc)
+                timings["rerank_unavailable"] = 1.0
+            else:
+                hits = head + hits[self._rerank_candidates :]
+                timings["rerank_ms"] = (time.perf_counter() - t) * 1000
+                reranked = True
         elif rerank and self._rerank_missing:
             timings["rerank_unavailable"] = 1.0
         return Candidates(language, effective, hits[:limit], vector, timings, reranked)

@@ -6,14 +6,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from core.protocols import RerankerUnavailable
 from core.types import ScoredChunk
 from retrieval.embedder import pick_device, resolve_model_location
 
 log = logging.getLogger(__name__)
-
-
-class RerankerUnavailable(RuntimeError):
-    pass
 
 
 class CrossEncoderReranker:

@@ -3,6 +3,7 @@ BERT cross-encoder built by the `tiny_cross_encoder` fixture: real loading and s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,37 @@ CANDIDATES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["fake", pytest.param("cross-encoder", marks=pytest.mark.integration)])
-def reranker(request: pytest.FixtureRequest) -> Reranker:
+@pytest.fixture(
+    scope="module",
+    params=[
+        "fake",
+        pytest.param("cross-encoder", marks=pytest.mark.integration),
+        pytest.param("http-tei", marks=pytest.mark.integration),
+        pytest.param("http-cohere", marks=pytest.mark.integration),
+    ],
+)
+def reranker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reranker]:
     if request.param == "fake":
         from tests.fakes import FakeReranker
 
-        return FakeReranker()
+        yield FakeReranker()
+        return
+    if request.param.startswith("http-"):
+        # A real rerank service process, in each of the two wire formats kb speaks.
+        from retrieval.http_reranker import HTTPReranker
+        from tests.rerank_server import running_rerank_server
+
+        protocol = request.param.removeprefix("http-")
+        log = tmp_path_factory.mktemp("rerank") / "server.log"
+        with running_rerank_server(protocol, log) as server:
+            client = HTTPReranker(server.base_url, model="tiny", protocol=protocol)  # type: ignore[arg-type]
+            yield client
+            client.close()
+        return
     from retrieval.reranker import CrossEncoderReranker
 
     folder: Path = request.getfixturevalue("tiny_cross_encoder")
-    return CrossEncoderReranker(str(folder), device="cpu")
+    yield CrossEncoderReranker(str(folder), device="cpu")
 
 
 def test_it_is_a_reranker(reranker: Reranker) -> None:
@@ -73,3 +95,23 @@ def test_scores_do_not_depend_on_the_candidates_order(reranker: Reranker) -> Non
 
 def test_no_candidates_no_hits(reranker: Reranker) -> None:
     assert reranker.rerank(QUERY, [], 5) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["tei", "cohere"])
+def test_the_service_ranks_by_its_scores_and_a_failing_service_is_reported(protocol: str, tmp_path: Path) -> None:
+    from core.protocols import RerankerUnavailable
+    from retrieval.http_reranker import HTTPReranker
+    from tests.rerank_server import FAIL_MARKER, running_rerank_server
+
+    with running_rerank_server(protocol, tmp_path / "server.log") as server:
+        client = HTTPReranker(server.base_url, protocol=protocol)  # type: ignore[arg-type]
+        # The lexical scorer puts the passage holding the query's words first, whatever the input order.
+        best = client.rerank("carried over March", CANDIDATES[::-1], 2)
+        assert best[0].chunk.chunk_id == "c1" and best[0].score > best[1].score
+        with pytest.raises(RerankerUnavailable):
+            client.rerank(f"{FAIL_MARKER} leave", CANDIDATES, 3)
+        client.close()
+    # The service gone: an error the pipeline reports, never a silent "reranked".
+    with pytest.raises(RerankerUnavailable):
+        HTTPReranker(server.base_url, protocol=protocol, retries=0).rerank(QUERY, CANDIDATES, 3)  # type: ignore[arg-type]

@@ -149,7 +149,6 @@ def test_langchain_chat_openai_works_unchanged(stack: Stack) -> None:
     assert streamed.strip()
 
 
-@pytest.mark.skip(reason="needs the rate limiter (wip-limits)")
 def test_a_rate_limited_key_raises_rate_limit_error(stack: Stack) -> None:
     client = stack.client(stack.limited)
     with pytest.raises(openai.RateLimitError) as limited:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from app.answering import AnswerService, Question
-from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds
+from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds, ScoredChunk
 from retrieval.condense import Condenser
 from retrieval.pipeline import QueryPipeline
 from serving.prompts import PromptBook
@@ -477,3 +477,16 @@ def test_top_k_bounds_the_sources() -> None:
     kb = make_kb(lambda messages: "See the first source [1].")
     answer = ask(kb, Question(access=ALL, text="annual leave VPN password parking permit", top_k=2))
     assert len(answer.sources) <= 2 and len(prompt_sources(kb.generator.calls[0].messages)) == len(answer.sources)
+
+
+def test_a_failing_rerank_service_costs_the_ranking_not_the_answer_and_is_reported() -> None:
+    from core.protocols import RerankerUnavailable
+
+    class DownReranker:
+        def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+            raise RerankerUnavailable("the rerank service at http://rerank/rerank failed: connection refused")
+
+    kb = make_kb()
+    r = pipeline(kb, reranker=DownReranker()).search("forgotten VPN password", flt=EVERYTHING, top_k=3)
+    assert r.hits and not r.reranked and "rerank_ms" not in r.timings
+    assert r.timings["rerank_unavailable"] == 1.0 and {h.score_kind for h in r.hits} != {"rerank"}
