@@ -7,18 +7,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from app.container import lite_layout
 from app.settings import Settings
 from core.procs import free_port
 from retrieval.milvus_connect import start_lite_server
+from tests.servers import stop, wait_until_ready
 
 KB = str(Path(sys.executable).parent / "kb")
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +51,7 @@ def shared_home(home: Path, models_dir: Path, **env: str) -> Iterator[KbHome]:
     try:
         yield KbHome(settings=settings, env=full_env)
     finally:
-        milvus.terminate()
-        try:
-            milvus.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            milvus.kill()
-            milvus.wait(timeout=10)
+        stop(milvus, timeout_s=30)
 
 
 @dataclass(frozen=True)
@@ -80,23 +73,7 @@ def api_process(kb_home: KbHome, timeout_s: float = 300.0) -> Iterator[ApiProces
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"kb serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"kb serve not ready after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_until_ready(proc, f"{url}/healthz", log, timeout_s=timeout_s, what="kb serve")
         yield ApiProcess(url=url, proc=proc, log=log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)

@@ -99,9 +99,8 @@ class EmbedServer:
 @contextmanager
 def running_embed_server(log_path: Path, timeout_s: float = 120.0) -> Iterator[EmbedServer]:
     """Start the server on a free 127.0.0.1 port, wait until it answers, stop it by its PID afterwards."""
-    import httpx
-
     from core.procs import free_port
+    from tests.servers import stop, wait_until_ready
 
     port = free_port()
     with log_path.open("wb") as log:
@@ -113,26 +112,11 @@ def running_embed_server(log_path: Path, timeout_s: float = 120.0) -> Iterator[E
         )
     server = EmbedServer(process, port)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"embed server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"embed server did not start in {timeout_s} s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/stats"
+        wait_until_ready(process, url, log_path, timeout_s=timeout_s, what="embed server")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process, timeout_s=10)
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import argparse
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,9 +92,8 @@ class RerankServer:
 @contextmanager
 def running_rerank_server(protocol: str, log_path: Path, timeout_s: float = 60.0) -> Iterator[RerankServer]:
     """Start the server on a free 127.0.0.1 port, wait until it answers, stop it by its PID afterwards."""
-    import httpx
-
     from core.procs import free_port
+    from tests.servers import stop, wait_until_ready
 
     port = free_port()
     with log_path.open("wb") as log:
@@ -104,25 +102,12 @@ def running_rerank_server(protocol: str, log_path: Path, timeout_s: float = 60.0
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"rerank server exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"rerank server did not start in {timeout_s} s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_ready(
+            process, f"http://127.0.0.1:{port}/health", log_path, timeout_s=timeout_s, what="rerank server"
+        )
         yield RerankServer(process, port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout_s=10)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from core.procs import free_port, port_open
 from ingest.registry import Registry
 from tests.conftest import running_in_ci
 from tests.integration.conftest import write
+from tests.servers import wait_until_ready
 from tests.slow_llm import SlowLLM, running_slow_llm
 
 pytestmark = pytest.mark.integration
@@ -317,17 +318,8 @@ def test_api_processes_share_the_limit_through_redis(tmp_path: Path, redis_url: 
                 command = [sys.executable, "-m", "app.cli", "serve"]
                 procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
         urls = [f"http://127.0.0.1:{p}" for p in ports]
-        deadline = time.monotonic() + 300
         for proc, url, log in zip(procs, urls, logs, strict=True):
-            while True:
-                assert proc.poll() is None, f"kb serve exited:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"kb serve not ready:\n{log.read_text()[-3000:]}"
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            wait_until_ready(proc, f"{url}/healthz", log, timeout_s=300, what="kb serve")
         headers = {"Authorization": f"Bearer {secret}"}
         codes = [
             httpx.post(f"{urls[i % 2]}/search", json={"query": "passwords"}, headers=headers, timeout=60).status_code

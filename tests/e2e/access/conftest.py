@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from core.procs import free_port
 from core.types import Chunk
 from tests.conftest import ROOT
 from tests.e2e.access.corpus import ALL_DOCS, write_corpus
+from tests.servers import wait_until_ready
 
 # Key names, as the tests refer to them.
 ADMIN, EDITOR, EMPLOYEE_A, EMPLOYEE_B, SERVICE = "admin", "editor", "employee-a", "employee-b", "service"
@@ -121,18 +121,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"kb serve exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"kb serve not ready after 180 s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        try:
+            wait_until_ready(server, f"{url}/healthz", log, timeout_s=180, what="kb serve")
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield LiveServer(url=url, keys=keys, log=log)
     finally:
         if server is not None and server.poll() is None:
