@@ -384,3 +384,25 @@ def test_feedback_on_an_answer(server: Server, uploaded: dict[str, Any]) -> None
         assert all({"id", "question", "answers", "doc", "answerable"} <= set(line) for line in lines)
     metrics = server.container.metrics.feedback
     assert metrics.labels("down")._value.get() >= 1 and metrics.labels("up")._value.get() >= 1
+
+
+def test_a_file_ingested_from_a_folder_is_served_until_it_is_removed(
+    server: Server, tmp_path: Path, uploaded: dict[str, Any]
+) -> None:
+    source = tmp_path / "server-side.md"
+    source.write_text("# Server side\n\nIngested from a folder on the server, about the tapir.\n")
+    container = server.container
+    job_id = container.documents.submit([source], kb="default", uploads_dir=container.uploads_dir)
+    with server.client(EMPLOYEE_A) as employee:
+        wait_done(employee, job_id)
+        got = employee.get("/documents/server-side.md/file", params={"kb": "default"})
+        assert got.status_code == 200 and got.content == source.read_bytes()
+        # Not copied: a file on the server is its own record, as long as it is there and unchanged.
+        assert not any(container.files.root.rglob(hashlib.sha256(got.content).hexdigest()))
+        source.write_text("# Server side\n\nChanged since.\n")
+        changed = employee.get("/documents/server-side.md/file", params={"kb": "default"})
+        assert changed.status_code == 404 and "no longer available" in changed.json()["error"]["message"]
+        source.unlink()
+        gone = employee.get("/documents/server-side.md/file", params={"kb": "default"})
+        assert gone.status_code == 404 and "server-side.md" in gone.json()["error"]["message"]
+        assert str(tmp_path) not in gone.text  # the server's folders are not named
