@@ -8,18 +8,25 @@ charging the tokens used, the audit row and the metrics. Only the wire format di
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 
+from anyio import to_thread
 from fastapi import Request
 
 from app.answering import Question, StreamEvent
 from app.audit import Action, Actor, QuestionAudit
 from app.auth.principal import Principal
 from app.container import Container
+from app.feedback import KeptAnswer
 from app.limits import AnswerSlot, AnswerSlots, check_question, unless_disconnected
 from app.ratelimit import RateLimiter
-from core.types import Answer, ChatMessage, Usage
+from core.types import Answer, ChatMessage, Citation, Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Asking:
         await self._gate.limiter.charge_usage(self._caller, self._actor.ip or None, answer.usage)
         metrics.observe_answer_model(answer, kb=question.kb, key=self._caller.name)
         await audit.answered(answer)
+        await self._keep(answer, question)
         return answer
 
     def stream(self, question: Question) -> Stream:
@@ -90,7 +98,36 @@ class Asking:
         slot = self._gate.slots.take()
         container = self._gate.container
         events = audit.streamed(container.sensitive.screen_stream(self._charged(container.answers.stream(question))))
-        return Stream(events=self._observed(events, slot, question.kb), release=slot)
+        return Stream(events=self._observed(self._kept(events, question), slot, question.kb), release=slot)
+
+    async def _kept(self, events: AsyncGenerator[StreamEvent], question: Question) -> AsyncGenerator[StreamEvent]:
+        """The events as they are; the answer they make up is kept before `done` is sent, so that feedback
+        sent as soon as the stream ends finds it."""
+        cited: dict[str, object] = {}
+        async with aclosing(events):
+            async for event in events:
+                if event.name == "citations":
+                    cited = event.data
+                elif event.name == "done" and cited:
+                    answer = Answer(
+                        answer=str(cited.get("answer", "")),
+                        citations=[Citation.model_validate(c) for c in _list(cited.get("citations"))],
+                        sources=[Citation.model_validate(c) for c in _list(cited.get("sources"))],
+                        refused=bool(event.data.get("refused")), degraded=bool(event.data.get("degraded")),
+                        answer_id=str(event.data.get("answer_id", "")),
+                    )  # fmt: skip
+                    await self._keep(answer, question)
+                yield event
+
+    async def _keep(self, answer: Answer, question: Question) -> None:
+        """Keep the answer by its id for feedback; a database that fails here costs the feedback, not the answer."""
+        kept = KeptAnswer.of(
+            answer, question=question.text, kb=question.kb, key_id=self._caller.key_id, key_name=self._caller.name
+        )
+        try:
+            await to_thread.run_sync(partial(self._container.feedback.keep_answer, kept))
+        except Exception:
+            log.warning("keeping answer %s for feedback failed", answer.answer_id, exc_info=True)
 
     async def _observed(
         self, events: AsyncGenerator[StreamEvent], slot: AnswerSlot, kb: str
@@ -114,3 +151,7 @@ class Asking:
         if self._audit is None:
             raise RuntimeError("Asking.admit must run before the answer")
         return self._audit
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []

@@ -7,6 +7,8 @@ One row per audited event in the `audit_log` table (app layer, on the registry's
   `docs` (the document ids returned, in order), and for /ask `refused`/`degraded`/`withheld`/`stream`.
   A question refused for a sensitive term is the same action with status 400 and `refused: "sensitive_term"`.
 - `upload`, `delete`, `acl_change`: kb, target = document id; detail what changed (groups before/after).
+  An upload of several files has no target; its detail lists the document ids and the job id.
+- `feedback`: kb, target = answer id; detail rating and feedback id.
 - `key_create`, `key_revoke`, `key_rotate`: target = key name; detail role, groups, kbs, cidrs, expiry.
 - `kb_create`, `kb_update`, `kb_delete`: kb (and target) = knowledge base name.
 - `unauthorized` (401), `forbidden` (403), `rate_limited` (429): recorded for every route by
@@ -52,6 +54,7 @@ class Action(StrEnum):
     upload = "upload"
     acl_change = "acl_change"
     delete = "delete"
+    feedback = "feedback"
     key_create = "key_create"
     key_revoke = "key_revoke"
     key_rotate = "key_rotate"

@@ -11,7 +11,9 @@ from app.answering import AnswerService
 from app.audit import AuditLog
 from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
+from app.feedback import FeedbackLog, settings_digest
 from app.kbs import KnowledgeBases
+from app.library import Library
 from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
 from app.settings import Settings
@@ -19,6 +21,7 @@ from core.protocols import Reranker
 from ingest.access import DocumentAccess
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
+from ingest.files import FileStore
 from ingest.jobs import JobStore
 from ingest.loaders import DocumentLoader
 from ingest.ocr import TesseractOCR
@@ -152,8 +155,28 @@ class Container:
     def documents(self) -> DocumentService:
         # Queueing, following and deleting need only the database; a worker does the rest.
         return DocumentService(
-            registry=self.registry, jobs=self.jobs, default_groups=self.settings.security.default_groups
-        )
+            registry=self.registry, jobs=self.jobs, default_groups=self.settings.security.default_groups,
+            files=self.files,
+        )  # fmt: skip
+
+    @cached_property
+    def library(self) -> Library:
+        return Library(
+            registry=self.registry, documents=self.documents, jobs=self.jobs, access=lambda: self.access,
+            uploads_dir=self.uploads_dir, archive_limits=self.archive_limits,
+        )  # fmt: skip
+
+    @cached_property
+    def files(self) -> FileStore:
+        # The original bytes of uploaded versions, by content hash (downloads, restores).
+        return FileStore(self.settings.home / "files")
+
+    @cached_property
+    def feedback(self) -> FeedbackLog:
+        return FeedbackLog(
+            self.registry.engine, keep_answers_days=self.settings.feedback.keep_answers_days,
+            model=self.settings.llm.served_model_name, digest=settings_digest(self.settings),
+        )  # fmt: skip
 
     @cached_property
     def kbs(self) -> KnowledgeBases:
@@ -167,6 +190,7 @@ class Container:
     def _drop_collection(self, kb: str) -> None:
         # The store (and the embedding model it is sized by) opens only when a knowledge base is deleted.
         self.store.drop(kb)
+        self.files.drop(kb)
 
     @cached_property
     def access(self) -> DocumentAccess:
@@ -257,5 +281,5 @@ class Container:
     def warm_up(self) -> None:
         """Load every model and open every connection now, not on the first request."""
         _ = self.embedder, self.store, self.reranker, self.registry, self.keys, self.ingest, self.query, self.answers
-        _ = self.audit, self.sensitive
+        _ = self.audit, self.sensitive, self.feedback
         self.embedder.embed(["warm-up"], "query")

@@ -34,7 +34,8 @@ class BodySizeLimit:
     Pure ASGI (not BaseHTTPMiddleware), so that responses, Server-Sent Events included, pass through
     untouched. A declared Content-Length over the limit is refused without reading; a body without one
     (chunked) is counted as it arrives. Paths under a prefix in `limits` get that limit instead (the
-    longest prefix wins): the UI's upload route takes files, the JSON API does not.
+    longest prefix wins): the UI's upload route takes files, the JSON API does not. A prefix may name a
+    method ("POST /documents"): uploads are large, a JSON change of the same document is not.
 
     Starlette's RequestBodyLimitMiddleware does the counting too, but answers some cases (a declared
     length on a route that never reads the body) with plain text outside kb's error shape.
@@ -45,8 +46,11 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
         self._prefixes = sorted((limits or {}).items(), key=lambda kv: len(kv[0]), reverse=True)
 
-    def limit_for(self, path: str) -> int:
-        for prefix, limit in self._prefixes:
+    def limit_for(self, path: str, method: str = "GET") -> int:
+        for key, limit in self._prefixes:
+            wanted, _, prefix = key.rpartition(" ")
+            if wanted and wanted != method:
+                continue
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return limit
         return self.max_bytes
@@ -55,7 +59,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(scope["path"], scope.get("method", "GET"))
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(scope, send, limit)

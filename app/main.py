@@ -10,7 +10,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import admin_kbs, admin_keys, ask, audit, health, me, metrics, openai_compat, search
+from app.api import (
+    admin_kbs,
+    admin_keys,
+    ask,
+    audit,
+    documents,
+    feedback,
+    health,
+    job_progress,
+    me,
+    metrics,
+    openai_compat,
+    search,
+)
 from app.auth.middleware import AuthMiddleware, public_paths
 from app.container import Container
 from app.errors import ERROR_RESPONSES, install_error_handlers
@@ -20,6 +33,7 @@ from app.metrics import MetricsMiddleware
 from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
 from app.settings import Settings
+from app.uploads import UploadLimits
 from app.worker import run_worker
 
 log = logging.getLogger(__name__)
@@ -67,7 +81,15 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # framing, and Gradio checks the file itself against max_file_size.
     upload_bytes = settings.limits.max_upload_mb * 1024 * 1024
     ui_body_bytes = upload_bytes + 64 * 1024
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes, limits={"/ui": ui_body_bytes})
+    # /documents uploads: as many files of the upload size as a request may carry, or one to replace a
+    # document; the upload parser holds each file to the per-file size as it streams in.
+    uploads = documents.upload_limits(settings)
+    body_limits = {
+        "/ui": ui_body_bytes,
+        "POST /documents": uploads.body_bytes(),
+        "PUT /documents": UploadLimits(uploads.max_file_bytes, 1).body_bytes(),
+    }
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes, limits=body_limits)
     # Added after the body limit and before the request-id middleware: a request without a valid key is
     # refused before its body is read, and the refusal carries the request id.
     ui_path = "/ui" if settings.api.ui_enabled else None
@@ -90,6 +112,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(admin_kbs.router)
     app.include_router(metrics.router)
     app.include_router(openai_compat.router)
+    app.include_router(documents.router)
+    app.include_router(job_progress.router)
+    app.include_router(feedback.router)
     # The MCP endpoint (streamable HTTP): authenticated by the AuthMiddleware like every other route.
     # A Route, not a Mount: a Mount would redirect /mcp to /mcp/. Starlette treats a non-function endpoint as
     # an ASGI app.

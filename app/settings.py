@@ -214,6 +214,13 @@ class RequestLimitSettings(BaseModel):
     database_timeout_s: float = Field(30.0, gt=0)
 
 
+class FeedbackSettings(BaseModel):
+    # Answers are kept by id this long, so that feedback on one can quote its question, answer and
+    # citations (they hold question text even when the audit log keeps only hashes). 0: answers are not
+    # kept, and feedback is refused as for an unknown answer.
+    keep_answers_days: float = Field(30.0, ge=0)
+
+
 class RedisSettings(BaseModel):
     # Empty: rate limits are kept in each API process. Set (redis://host:6379/0) to share them.
     url: SecretStr = SecretStr("")
@@ -244,6 +251,7 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = RateLimitSettings()
     limits: RequestLimitSettings = RequestLimitSettings()
     redis: RedisSettings = RedisSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -3,6 +3,8 @@ for CLI and API."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,15 +12,21 @@ from pathlib import Path
 
 from core.names import KB_NAME
 from ingest.errors import LoadError
+from ingest.files import FileStore
 from ingest.job_views import JobInfo, JobSummary
 from ingest.jobs import JobFile, JobStore
 from ingest.labels import InvalidAccess, check_labels
 from ingest.registry import DocumentRow, Registry, VersionRow
 from ingest.sources import ArchiveLimits, expand_sources
+from ingest.versions import sha256_file
 
 
 class DocumentNotFound(LookupError):
     pass
+
+
+class FileGone(LookupError):
+    """A version's original bytes are no longer anywhere kb can read them (a folder's file since removed)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,13 @@ class DocumentInfo:
 
 
 class DocumentService:
-    def __init__(self, *, registry: Registry, jobs: JobStore, default_groups: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, registry: Registry, jobs: JobStore, default_groups: Sequence[str] = (), files: FileStore | None = None
+    ) -> None:
         self._registry = registry
         self._jobs = jobs
+        # Where the bytes of files in the uploads folder are kept before a worker removes that folder.
+        self._files = files
         # The groups a knowledge base first named by an ingest gets for its documents (settings).
         self._default_groups = list(default_groups)
 
@@ -92,12 +104,14 @@ class DocumentService:
         tags: Sequence[str] | None = None,
         doc_id: str | None = None,
         archive_limits: ArchiveLimits = ArchiveLimits(),
+        job_id: str | None = None,
     ) -> str:
         """Queue an ingestion job for files, folders and zip archives; returns the job id.
 
         Groups and tags not given (None) are each document's own, or for a new one its knowledge base's
         default groups; given ones (even empty) replace them. A knowledge base not seen before is created
-        with the configured default groups."""
+        with the configured default groups. `job_id` (from `JobStore.new_id`) names the job when the
+        caller has already put files in its uploads folder, `uploads_dir/<job_id>`."""
         if doc_id is not None and (len(paths) != 1 or paths[0].is_dir()):
             raise LoadError("a document id can only be given for a single file")
         if not KB_NAME.match(kb):
@@ -105,10 +119,14 @@ class DocumentService:
         groups = check_labels(acl_groups, "group") if acl_groups is not None else None
         labels = check_labels(tags, "tag") if tags is not None else None
         self._registry.create_knowledge_base(kb, default_groups=self._default_groups)
-        job_id = self._jobs.new_id()
+        job_id = job_id or self._jobs.new_id()
         files = []
+        uploads = uploads_dir.resolve()
         for source in expand_sources(paths, doc_id=doc_id, extract_dir=uploads_dir / job_id, limits=archive_limits):
             error = source.error
+            if error is None and self._files is not None and source.path.resolve().is_relative_to(uploads):
+                # Before the job exists: its worker may remove the uploads folder as soon as it has run.
+                self._files.keep(kb, source.path)
             files.append(
                 JobFile(
                     path=str(source.path.resolve()), doc_id=source.doc_id,
@@ -151,3 +169,56 @@ class DocumentService:
         if self._registry.document(kb, doc_id) is None:
             raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
         return self._registry.mark_deleted(kb, doc_id)
+
+    def original(self, kb: str, doc_id: str, version: int | None = None) -> Original:
+        """The file a version (the current one unless given) was made from, as it was ingested.
+
+        DocumentNotFound for a deleted or unknown document or version; FileGone when its bytes are not
+        kept and its source file was removed or changed since."""
+        row = self._registry.document(kb, doc_id)
+        if row is None or row.status == "deleted":
+            raise DocumentNotFound(f"no document {doc_id!r} in knowledge base {kb!r}")
+        wanted = version or row.current_version
+        found = next((v for v in self._registry.versions(kb, doc_id) if v.version == wanted), None)
+        if found is None:
+            raise DocumentNotFound(f"document {doc_id!r} has no version {wanted}")
+        name = Path(found.source).name or Path(doc_id).name
+        kept = self._files.find(kb, found.sha256) if self._files is not None else None
+        if kept is not None:
+            return Original(kept, name, VersionInfo.of(found))
+        source = Path(found.source)
+        if found.source and source.is_file() and sha256_file(source) == found.sha256:
+            return Original(source, name, VersionInfo.of(found))
+        raise FileGone(
+            f"the file of version {wanted} of {doc_id!r} is no longer available: it was ingested from {name}, "
+            "which has been removed or changed since"
+        )
+
+    def restore(
+        self, kb: str, doc_id: str, version: int, *, uploads_dir: Path, archive_limits: ArchiveLimits = ArchiveLimits()
+    ) -> str:
+        """Queue a job that ingests the file of `version` again, as the document's newest version (with the
+        document's groups and tags as they are now); returns the job id."""
+        original = self.original(kb, doc_id, version)
+        job_id = self._jobs.new_id()
+        target = uploads_dir / job_id / "restore" / original.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            try:
+                os.link(original.path, target)
+            except OSError:
+                shutil.copyfile(original.path, target)
+            return self.submit(
+                [target], kb=kb, uploads_dir=uploads_dir, doc_id=doc_id, job_id=job_id, archive_limits=archive_limits
+            )
+        except BaseException:
+            shutil.rmtree(uploads_dir / job_id, ignore_errors=True)
+            raise
+
+
+@dataclass(frozen=True)
+class Original:
+    path: Path
+    # The file's name when it was ingested (for a download's name and a restored copy's extension).
+    filename: str
+    version: VersionInfo

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select, update
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.procs import pid_alive
@@ -282,6 +282,22 @@ class JobStore:
             for key, ms in (item.timings or {}).items():
                 totals.timings[key] = totals.timings.get(key, 0.0) + ms
         return totals
+
+    # -- reads for the jobs API --------------------------------------------------------------------
+    def page(
+        self, *, kbs: list[str] | None, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[JobRow], int]:
+        """Jobs newest first, of the knowledge bases `kbs` (None: all) and in `state` if given; with the
+        number that match."""
+        query = select(JobRow)
+        if kbs is not None:
+            query = query.where(JobRow.kb.in_(kbs))
+        if state is not None:
+            query = query.where(JobRow.state == state)
+        with self._registry.session() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = list(session.scalars(query.order_by(JobRow.created_at.desc()).limit(limit).offset(offset)))
+        return rows, int(total)
 
 
 @dataclass

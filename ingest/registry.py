@@ -515,6 +515,25 @@ class Registry:
                 if row is not None:
                     row.purged = True
 
+    # -- reads for the documents API ---------------------------------------------------------------
+    def current_versions(self, kb: str) -> dict[str, VersionRow]:
+        """The current version of every document of `kb` that has one, by document id (one query)."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(VersionRow)
+                .join(DocumentRow, (DocumentRow.kb == VersionRow.kb) & (DocumentRow.doc_id == VersionRow.doc_id))
+                .where(VersionRow.kb == kb, VersionRow.version == DocumentRow.current_version)
+            )
+            return {row.doc_id: row for row in rows}
+
+    def pending_access_groups(self, kb: str) -> dict[str, list[str]]:
+        """The groups that unfinished access changes are giving documents of `kb`, by document id."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(PendingAccessRow.doc_id, PendingAccessRow.acl_groups).where(PendingAccessRow.kb == kb)
+            ).all()
+        return {doc_id: list(groups or []) for doc_id, groups in rows}
+
 
 def as_utc(moment: datetime) -> datetime:
     # SQLite returns naive datetimes even for timezone-aware columns.

@@ -81,6 +81,24 @@ ENDPOINTS = [
     Endpoint("POST", "/admin/kbs", {}, MANAGE_KBS, ok=422),
     Endpoint("PATCH", "/admin/kbs/no_such_kb_42", {"description": "x"}, MANAGE_KBS, ok=404),
     Endpoint("GET", "/admin/audit", permission=READ_AUDIT),
+    # Documents: the kb is a query parameter (or, for uploads, a form field; a JSON body gets as far as
+    # the multipart check, 400, for writers). Ids that exist nowhere: 404 once past role and grant.
+    Endpoint("POST", "/documents", {}, WRITE_DOCS, ok=400),
+    Endpoint("GET", "/documents?kb={kb}", permission=READ_DOCS, kb_scoped=True),
+    Endpoint("GET", "/documents/no/such-doc.md?kb={kb}", permission=READ_DOCS, kb_scoped=True, ok=404),
+    Endpoint("GET", "/documents/no/such-doc.md/versions?kb={kb}", permission=READ_DOCS, kb_scoped=True, ok=404),
+    Endpoint("GET", "/documents/no/such-doc.md/file?kb={kb}", permission=READ_DOCS, kb_scoped=True, ok=404),
+    Endpoint("PUT", "/documents/no/such-doc.md?kb={kb}", {}, WRITE_DOCS, kb_scoped=True, ok=400),
+    Endpoint("PATCH", "/documents/no/such-doc.md?kb={kb}", {"groups": ["a"]}, WRITE_DOCS, kb_scoped=True, ok=404),
+    Endpoint("DELETE", "/documents/no/such-doc.md?kb={kb}", permission=WRITE_DOCS, kb_scoped=True, ok=404),
+    Endpoint("POST", "/documents/no/such.md/versions/1/restore?kb={kb}", None, WRITE_DOCS, kb_scoped=True, ok=404),
+    Endpoint("GET", "/jobs?kb={kb}", permission=READ_DOCS, kb_scoped=True),
+    Endpoint("GET", "/jobs", permission=READ_DOCS),
+    Endpoint("GET", "/jobs/no-such-job", permission=READ_DOCS, ok=404),
+    Endpoint("GET", "/jobs/no-such-job/events", permission=READ_DOCS, ok=404),
+    Endpoint("POST", "/feedback", {"answer_id": "no-such-answer", "rating": "up"}, FEEDBACK, ok=404),
+    Endpoint("GET", "/admin/feedback", permission=READ_AUDIT),
+    Endpoint("GET", "/admin/feedback?format=jsonl", permission=READ_AUDIT),
     Endpoint("GET", "/no-such-route", permission=SIGNED_IN, ok=404),
     Endpoint("GET", "/metrics", permission=READ_AUDIT),  # admins only (unless made public by setting)
     Endpoint("GET", "/v1/models", permission=ASK, openai=True),
@@ -169,7 +187,13 @@ def test_permission_matrix(
             assert response.headers["www-authenticate"] == "Bearer"
     elif want >= 400:
         error = assert_error_shape(response)
-        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 422: "invalid_request"}
+        codes = {
+            400: "invalid_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            422: "invalid_request",
+        }
         assert error["code"] == codes[want], error
         if want == 401:
             assert response.headers["www-authenticate"] == "Bearer"
