@@ -16,6 +16,7 @@ from functools import partial
 
 from anyio import to_thread
 from fastapi import Request
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.answering import Question, StreamEvent
 from app.audit import Action, Actor, QuestionAudit
@@ -125,8 +126,8 @@ class Asking:
             answer, question=question.text, kb=question.kb, key_id=self._caller.key_id, key_name=self._caller.name
         )
         try:
-            await to_thread.run_sync(partial(self._container.feedback.keep_answer, kept))
-        except Exception:
+            await to_thread.run_sync(partial(self._gate.container.feedback.keep_answer, kept))
+        except SQLAlchemyError:
             log.warning("keeping answer %s for feedback failed", answer.answer_id, exc_info=True)
 
     async def _observed(
