@@ -127,3 +127,18 @@ def test_me_names_the_role_groups_and_only_the_granted_knowledge_bases(kb: Conta
     assert body["knowledge_bases"] == [{"name": "default", "description": "Company documents"}]
     assert "ask" in body["permissions"] and "write_documents" not in body["permissions"]
     assert TestClient(create_app(kb.settings, kb)).get("/me").status_code == 401
+
+
+def test_anonymous_access_when_switched_on_reads_public_documents_only(kb: Container) -> None:
+    settings = kb.settings.model_copy(
+        update={"security": kb.settings.security.model_copy(update={"anonymous_access": True})}
+    )
+    client = TestClient(create_app(settings, kb))
+    assert _docs(client, {}) == {"public.md"}
+    # Read-only, and only the configured knowledge bases.
+    assert client.get("/documents").status_code == 403
+    assert client.post("/search", json={"query": "salary", "kb": "finance"}).status_code == 403
+    # A wrong key is still refused: whoever sends one meant to be someone.
+    assert client.post("/search", json={"query": "salary"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    # Off (the default): no key, no answer.
+    assert TestClient(create_app(kb.settings, kb)).post("/search", json={"query": "salary"}).status_code == 401
