@@ -52,6 +52,7 @@ class Action(StrEnum):
     upload = "upload"
     acl_change = "acl_change"
     delete = "delete"
+    job_cancel = "job_cancel"
     key_create = "key_create"
     key_revoke = "key_revoke"
     key_rotate = "key_rotate"

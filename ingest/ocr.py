@@ -141,11 +141,14 @@ def image_frames(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterato
             try:
                 image.seek(index)
                 width, height = image.size
-                if width * height > max_pixels:
-                    raise TooManyPixels(
-                        f"{path.name}: frame {index + 1} is {width}x{height} pixels, over the budget of "
-                        f"{max_pixels:,} pixels per frame"
-                    )
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc
+            if width * height > max_pixels:
+                raise TooManyPixels(
+                    f"{path.name}: frame {index + 1} is {width}x{height} pixels, over the budget of "
+                    f"{max_pixels:,} pixels per frame"
+                )
+            try:
                 frame = image.convert("RGB")
             except (OSError, SyntaxError, ValueError) as exc:
                 raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc

@@ -114,7 +114,8 @@ class JobWorker:
         except Exception:  # a store that is down now is retried at the next poll
             log.warning("purging retired versions failed", exc_info=True)
             return None
-        self._purge_at = time.monotonic() + (self._poll if due_in is None else max(due_in, 0.05))
+        # Nothing retired: look again when the next file finishes (it may have replaced something).
+        self._purge_at = 0.0 if due_in is None else time.monotonic() + max(due_in, 0.05)
         return due_in
 
     def run_job(self, lease: Lease) -> None:

@@ -6,8 +6,7 @@ then released."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,91 +17,29 @@ from app.settings import Settings
 from ingest.jobs import JobStore
 from ingest.worker import JobWorker
 from tests.integration.conftest import write
+from tests.integration.gates import assert_store_matches_registry, gate_embedder, gated, in_thread
 
 pytestmark = pytest.mark.integration
 
 
-class Gate:
-    """Pauses the first embedding call whose texts contain `marker` until `go` is set."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-        self.reached = threading.Event()
-        self.go = threading.Event()
-        self._used = False
-
-    def check(self, texts: Sequence[str]) -> None:
-        if self._used or not any(self.marker in t for t in texts):
-            return
-        self._used = True
-        self.reached.set()
-        assert self.go.wait(120), "the test never released the gate"
-
-
-class GatedEmbedder:
-    def __init__(self, real: Any, gates: list[Gate]) -> None:
-        self._real = real
-        self.gates = gates
-
-    def embed(self, texts: Sequence[str], kind: Any) -> list[list[float]]:
-        for gate in self.gates:
-            gate.check(texts)
-        return self._real.embed(texts, kind)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    """The module's KB_HOME and a container on it whose embedder the tests can gate."""
-    root = tmp_path_factory.mktemp("races")
-    c = Container(Settings(home=root, models_dir=root / "models", ingest={"purge_grace_s": 0}))  # type: ignore[arg-type]
-    c.__dict__["embedder"] = GatedEmbedder(c.embedder, [])
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    """The module's KB_HOME and a container on it whose embedder the tests can gate; the registry on
+    SQLite, then on PostgreSQL."""
+    root = tmp_path_factory.mktemp(f"races-{request.param}")
+    database = {"url": request.getfixturevalue("postgres").new_database()} if request.param == "postgres" else {}
+    settings = Settings(
+        home=root, models_dir=root / "models", ingest={"purge_grace_s": 0}, database=database,  # type: ignore[arg-type]
+    )  # fmt: skip
+    c = Container(settings)
+    gate_embedder(c)
     yield c
     c.store.close()
-
-
-def gated(c: Container, marker: str) -> Gate:
-    gate = Gate(marker)
-    c.embedder.gates.append(gate)  # type: ignore[attr-defined]
-    return gate
-
-
-def in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target(*args)
-        except BaseException as exc:  # the test asserts on it
-            errors.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, errors
+    c.registry.engine.dispose()
 
 
 def text(label: str, n: int = 6) -> str:
     return f"# Policy\n\n{label}: the travel policy allows economy flights for trips under six hours.\n\n" * n
-
-
-def assert_store_matches_registry(c: Container, kb: str) -> None:
-    """Only published versions have chunks, exactly their recorded count, and nothing else is stored."""
-    c.versions.purge(kb, grace_s=0)
-    total = 0
-    for doc in c.registry.documents(kb, include_deleted=True):
-        stored = c.store.document_chunks(kb, doc.doc_id)
-        current = c.registry.current_version(kb, doc.doc_id)
-        if current is None:
-            assert stored == [], (doc.doc_id, doc.status, {ch.version for ch in stored})
-            continue
-        ids = [ch.chunk_id for ch in stored]
-        assert len(ids) == len(set(ids)) == current.chunk_count, doc.doc_id
-        assert {ch.version for ch in stored} == {current.version}, doc.doc_id
-        total += current.chunk_count
-    assert c.store.count(kb) == total
-    assert c.registry.hidden_versions(kb) == []
 
 
 def test_a_delete_during_a_reindex_stays_deleted(home: Container, tmp_path: Path) -> None:

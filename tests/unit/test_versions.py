@@ -3,7 +3,8 @@ the switch, rollbacks, and a purge that is scheduled (due after the grace period
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -39,9 +40,16 @@ class Clock:
         return now() + self.offset
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(f"sqlite:///{tmp_path / 'kb.sqlite'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """The registry on SQLite, and on PostgreSQL (a server started for the session, tests/postgres.py)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kb.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    r = Registry(url)
+    yield r
+    r.engine.dispose()
 
 
 def new_version(versions: Versions, path: Path, text: str, kb: str = "kb") -> int:
@@ -256,3 +264,52 @@ def test_a_scheduled_purge_removes_what_is_due_and_says_when_the_rest_comes_due(
     assert versions.purge_scheduled() is None  # both were due: nothing left to wait for
     assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)] and store.flushed == ["kb"]
     assert registry.hidden_versions("kb") == []
+
+
+def test_two_workers_process_every_job_exactly_once(registry: Registry, tmp_path: Path) -> None:
+    """20 small jobs, two workers claiming at once (FOR UPDATE SKIP LOCKED on PostgreSQL, one writer at a
+    time on SQLite): every file is begun, published and recorded exactly once."""
+    store = Store()
+    versions = Versions(registry, store)  # type: ignore[arg-type]
+    jobs = JobStore(registry)
+    ids = []
+    for n in range(20):
+        path = tmp_path / f"doc{n}.md"
+        path.write_text(f"document {n}")
+        files = [JobFile(str(path), f"doc{n}.md", origin=str(path))]
+        ids.append(jobs.create("kb", files, acl_groups=None, tags=None))
+    claimed: dict[str, list[str]] = {"w1": [], "w2": []}
+    begun: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        try:
+            start.wait()
+            while (lease := jobs.claim(name)) is not None:
+                claimed[name].append(lease.job_id)
+                for item in jobs.pending_items(lease.job_id):
+                    jobs.start_item(lease, item.ordinal, path=item.path)
+                    b = versions.begin("kb", item.doc_id, Path(item.path), acl_groups=[], tags=[], lease=lease,
+                                       origin=item.origin, replace=False)  # fmt: skip
+                    begun.append(item.doc_id)
+                    versions.publish("kb", item.doc_id, b.version, title="t", pages=None, chunks=1, timings={},
+                                     lease=lease)  # fmt: skip
+                    jobs.finish_item(lease, item.ordinal, status="indexed", version=b.version, pages=None, chunks=1)
+                jobs.finish(lease)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(claimed["w1"] + claimed["w2"]) == sorted(ids)  # each job claimed once
+    assert sorted(begun) == sorted(f"doc{n}.md" for n in range(20))  # each file begun once
+    for n in range(20):
+        assert [(v.version, v.status) for v in registry.versions("kb", f"doc{n}.md")] == [(1, "ready")]
+    for job_id in ids:
+        view = jobs.get(job_id)
+        assert view is not None and view.job.state == "done" and view.job.attempts == 1
