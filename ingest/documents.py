@@ -115,7 +115,8 @@ class DocumentService:
             error = source.error
             # An upload's file lives in a folder of its own job: its origin is its name, so that uploading
             # policy.md again replaces the policy.md uploaded before.
-            origin = f"upload:{source.doc_id}" if source.path.resolve().is_relative_to(uploads) else source.origin
+            given = source.archive or source.path  # the file, or the archive it came out of
+            origin = f"upload:{source.doc_id}" if given.resolve().is_relative_to(uploads) else source.origin
             files.append(
                 JobFile(
                     path=str(source.path.resolve()), doc_id=source.doc_id,

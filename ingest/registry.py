@@ -703,8 +703,6 @@ def _shown(origin: str) -> str:
 
 
 def _sqlite_pragmas(connection: object, _record: object) -> None:
-    # SQLAlchemy, not the sqlite3 module, says when a transaction begins (see _sqlite_begin).
-    connection.isolation_level = None  # type: ignore[attr-defined]
     cursor = connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -712,7 +710,9 @@ def _sqlite_pragmas(connection: object, _record: object) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    # Writers lock the database as they begin (IMMEDIATE): their reads and writes are one atomic step.
-    # Readers begin deferred and never wait for writers (WAL).
-    immediate = connection.get_execution_options().get("kb_write", False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # The registry's writers take the write lock as they begin (IMMEDIATE), so that what they read and what
+    # they write are one atomic step. The sqlite3 module would begin only at the first INSERT or UPDATE,
+    # after the reads; it sees the transaction open and leaves it to commit(). Other transactions (reads,
+    # the keys and audit tables) keep the module's own behaviour.
+    if connection.get_execution_options().get("kb_write", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

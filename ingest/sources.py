@@ -33,6 +33,7 @@ class Source:
     doc_id: str
     error: LoadError | None = None
     origin: str = ""
+    archive: Path | None = None  # the zip archive a member came out of
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _one(path: Path, raw_id: str, extract_dir: Path | None, limits: ArchiveLimit
     try:
         for source in unpack_zip(path, target / doc_id.replace("/", "__"), doc_id, limits):
             member = source.doc_id.removeprefix(doc_id + "/")
-            yield Source(source.path, source.doc_id, source.error, origin=f"{_origin(path)}#{member}")
+            yield Source(source.path, source.doc_id, source.error, origin=f"{_origin(path)}#{member}", archive=path)
     except LoadError as exc:
         yield Source(path=path, doc_id=doc_id, error=exc, origin=_origin(path))
 

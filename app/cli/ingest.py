@@ -146,7 +146,7 @@ def _report(info: JobInfo, as_json: bool) -> None:
         f"{info.pages.done} pages, {info.chunks_done} chunks"
     )
     emit(_data(info), as_json, "\n".join(lines))
-    if info.files.failed:
+    if info.files.failed or info.state == "cancelled":
         raise typer.Exit(1)
 
 

@@ -236,3 +236,21 @@ def test_files_over_the_pixel_budget_fail_as_too_large_and_the_job_goes_on(tmp_p
     ]  # fmt: skip
     assert_store_matches_registry(c, "pixels")
     c.store.close()
+
+
+def test_kb_jobs_cancel(kb_home: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    c = kb_home
+    monkeypatch.setenv("KB_HOME", str(c.settings.home))
+    job_id = c.documents.submit([write(tmp_path / "q.md", "# Q\n\nQueued.\n")], kb="cli", uploads_dir=c.uploads_dir)
+    result = CliRunner().invoke(cli, ["jobs", "cancel", "--json", job_id])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"job_id": job_id, "state": "cancelled"}
+    again = CliRunner().invoke(cli, ["jobs", "cancel", job_id])
+    assert again.exit_code == 0 and "cancelled" in again.output  # cancelling twice is no error
+    assert CliRunner().invoke(cli, ["jobs", "cancel", "0" * 32]).exit_code == 1
