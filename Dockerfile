@@ -17,7 +17,7 @@ COPY retrieval retrieval
 COPY serving serving
 COPY ui ui
 COPY evaluation evaluation
-RUN PIP_CONSTRAINT=scripts/constraints.txt pip install --no-cache-dir . "psycopg[binary]" \
+RUN PIP_CONSTRAINT=scripts/constraints.txt pip install --no-cache-dir . \
     && pip uninstall -y torchvision || true
 # An unprivileged user owns the data and model caches; named volumes mounted there inherit the ownership.
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/kb --shell /usr/sbin/nologin kb \

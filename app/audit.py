@@ -55,6 +55,7 @@ class Action(StrEnum):
     acl_change = "acl_change"
     delete = "delete"
     feedback = "feedback"
+    job_cancel = "job_cancel"
     key_create = "key_create"
     key_revoke = "key_revoke"
     key_rotate = "key_rotate"

@@ -135,6 +135,7 @@ class Container:
                 ocr=TesseractOCR(timeout_s=i.ocr_timeout_s),
                 pdf_batch_pages=i.pdf_batch_pages,
                 min_text_quality=i.min_text_quality,
+                max_image_pixels=i.max_image_pixels,
             ),
             chunker=StructuredChunker(self.embedder.count_tokens, chunk_tokens=chunk_tokens, overlap_tokens=overlap),
             embedder=self.embedder,
@@ -208,7 +209,7 @@ class Container:
     def worker(self) -> JobWorker:
         return JobWorker(
             jobs=self.jobs, pipeline=self.ingest, versions=self.versions, uploads_dir=self.uploads_dir,
-            access=self.access,
+            access=self.access, max_attempts=self.settings.ingest.max_attempts,
         )  # fmt: skip
 
     @cached_property

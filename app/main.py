@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +18,7 @@ from app.api import (
     feedback,
     health,
     job_progress,
+    jobs_cancel,
     me,
     metrics,
     openai_compat,
@@ -34,7 +34,7 @@ from app.ratelimit import RateLimiter
 from app.request_context import RequestContext
 from app.settings import Settings
 from app.uploads import UploadLimits
-from app.worker import run_worker
+from app.worker import WorkerSupervisor, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,18 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container.warm_up()
-        stop = threading.Event()
-        worker: threading.Thread | None = None
+        worker: WorkerSupervisor | None = None
         if settings.ingest.worker_in_api:
             # Jobs queued by `kb ingest` (or the API) are worked here while the server runs, and retired
-            # versions purged when due.
-            worker = threading.Thread(target=run_worker, args=(container, stop), name="kb-ingest-worker", daemon=True)
+            # versions purged when due; a worker that dies is started again (and /readyz says it is down).
+            worker = WorkerSupervisor(lambda stop: run_worker(container, stop))
             worker.start()
+        app.state.worker = worker
         log.info("kb API ready")
         async with mcp.running():
             yield
-        stop.set()
         if worker is not None:
-            worker.join(timeout=30)
+            worker.stop(timeout_s=30)
         await container.generator.close()
         app.state.rate_limiter.close()
 
@@ -72,6 +71,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     )
     app.state.container = container
     app.state.settings = settings
+    app.state.worker = None  # the supervised ingestion worker, when the API runs one
     # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(documents.router)
     app.include_router(job_progress.router)
     app.include_router(feedback.router)
+    app.include_router(jobs_cancel.router)
     # The MCP endpoint (streamable HTTP): authenticated by the AuthMiddleware like every other route.
     # A Route, not a Mount: a Mount would redirect /mcp to /mcp/. Starlette treats a non-function endpoint as
     # an ASGI app.

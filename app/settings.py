@@ -126,6 +126,12 @@ class IngestSettings(BaseModel):
     purge_grace_s: float = Field(2.0, ge=0)
     # A running job whose worker has not reported for this long is taken over by another worker.
     job_stale_after_s: float = Field(60.0, ge=5)
+    # A file is started at most this many times: one that takes its worker down (killed, out of memory)
+    # on every start is then failed (`worker_crashed`) and the job goes on without it.
+    max_attempts: int = Field(3, ge=1, le=100)
+    # The most pixels one image frame or one rendered PDF page may have; a file over it fails (`too_large`)
+    # instead of taking the process's memory (40 megapixels: an A4 page at 600 dpi is 35).
+    max_image_pixels: int = Field(40_000_000, ge=1_000_000)
     # `kb serve` / `kb up` run a job worker inside the API process.
     worker_in_api: bool = True
 

@@ -1,6 +1,7 @@
 """The ingestion worker's entry points, one for every way kb runs it.
 
-- the API runs `run_worker` in a thread while it serves;
+- the API runs `run_worker` in a thread while it serves, under a `WorkerSupervisor` that starts it again
+  if it dies (and tells /readyz whether it is up);
 - `kb jobs work` and `kb ingest --wait` (when no worker is alive) run it in the CLI's own process;
 - `kb ingest` and `kb docs delete` (when no worker is alive) start `python -m app.worker --until-idle`
   detached, so that the job still completes, and retired chunks are still purged, after the CLI exits.
@@ -15,11 +16,12 @@ A worker started "until idle" leaves when no job is queued and no retired versio
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from app.settings import Settings
@@ -28,6 +30,8 @@ from ingest.jobs import worker_name
 if TYPE_CHECKING:
     # Imported when a worker is built, not when the CLI starts: it pulls in the models' libraries.
     from app.container import Container
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(container: Container, stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
@@ -42,6 +46,53 @@ def run_worker(container: Container, stop: threading.Event | None = None, *, unt
         container.jobs.worker_gone(name)
         raise
     return worker.run(stop, until_idle=until_idle)
+
+
+class WorkerSupervisor:
+    """Runs a worker loop in a thread and starts it again when it dies (an exception, a store or database
+    that failed under it), waiting longer after each failure in a row; `up` says whether one runs now."""
+
+    def __init__(
+        self, target: Callable[[threading.Event], object], *, restart_after_s: float = 1.0,
+        max_backoff_s: float = 60.0, name: str = "kb-ingest-worker",
+    ) -> None:  # fmt: skip
+        self._target = target
+        self._first_backoff = restart_after_s
+        self._max_backoff = max_backoff_s
+        self._name = name
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.restarts = 0
+
+    @property
+    def up(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._running.is_set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    def _supervise(self) -> None:
+        backoff = self._first_backoff
+        while not self._stop.is_set():
+            self._running.set()
+            try:
+                self._target(self._stop)
+                backoff = self._first_backoff  # it ran and returned: not a failure in a row
+            except BaseException:
+                log.exception("the ingestion worker died; restarting it in %.0f s", backoff)
+            finally:
+                self._running.clear()
+            if self._stop.wait(backoff):
+                break
+            self.restarts += 1
+            backoff = min(backoff * 2, self._max_backoff)
 
 
 def worker_alive(container: Container) -> bool:

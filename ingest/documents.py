@@ -108,6 +108,9 @@ class DocumentService:
     ) -> str:
         """Queue an ingestion job for files, folders and zip archives; returns the job id.
 
+        A `doc_id` given names the one file's document explicitly: it replaces whatever document has that
+        id. Otherwise a file whose id is taken by a document of another origin fails (`doc_id_conflict`).
+
         Groups and tags not given (None) are each document's own, or for a new one its knowledge base's
         default groups; given ones (even empty) replace them. A knowledge base not seen before is created
         with the configured default groups. `job_id` (from `JobStore.new_id`) names the job when the
@@ -124,6 +127,10 @@ class DocumentService:
         uploads = uploads_dir.resolve()
         for source in expand_sources(paths, doc_id=doc_id, extract_dir=uploads_dir / job_id, limits=archive_limits):
             error = source.error
+            # An upload's file lives in a folder of its own job: its origin is its name, so that uploading
+            # policy.md again replaces the policy.md uploaded before.
+            given = source.archive or source.path  # the file, or the archive it came out of
+            origin = f"upload:{source.doc_id}" if given.resolve().is_relative_to(uploads) else source.origin
             if error is None and self._files is not None and source.path.resolve().is_relative_to(uploads):
                 # Before the job exists: its worker may remove the uploads folder as soon as it has run.
                 self._files.keep(kb, source.path)
@@ -131,9 +138,14 @@ class DocumentService:
                 JobFile(
                     path=str(source.path.resolve()), doc_id=source.doc_id,
                     error=str(error) if error else "", error_code=error.code if error else "",
+                    origin=origin, replace=doc_id is not None,
                 )
             )  # fmt: skip
         return self._jobs.create(kb, files, acl_groups=groups, tags=labels, job_id=job_id)
+
+    def cancel_job(self, job_id: str) -> str | None:
+        """Cancel a job (see JobStore.cancel): its state now, or None when there is no such job."""
+        return self._jobs.cancel(job_id)
 
     def job(self, job_id: str) -> JobInfo | None:
         view = self._jobs.get(job_id)

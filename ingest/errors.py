@@ -61,3 +61,19 @@ class UnsafeLink(LoadError):
     """A symbolic link inside an ingested folder that points outside it: not followed."""
 
     code = "unsafe_link"
+
+
+class DocIdConflict(LoadError):
+    """Another file (another path, archive member or upload name) already holds this document id."""
+
+    code = "doc_id_conflict"
+
+
+class TooManyPixels(FileTooLarge):
+    """An image frame or a page to render is over the pixel budget (`ingest.max_image_pixels`)."""
+
+
+class WorkerCrashed(LoadError):
+    """The file took its worker down (killed, out of memory) on every attempt."""
+
+    code = "worker_crashed"

@@ -26,6 +26,10 @@ class FileTask:
     path: Path
     doc_id: str
     key: int = 0  # the caller's handle (a job item's ordinal)
+    # Where the content comes from (ingest/sources.py); another origin under the same id is a conflict,
+    # unless `replace` (the caller named the document id).
+    origin: str = ""
+    replace: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ingest.jobs import JobRow, JobView
+from ingest.jobs import FINISHED_STATES, JobRow, JobView
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class JobInfo:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "failed")
+        return self.state in FINISHED_STATES
 
     @classmethod
     def of(cls, view: JobView) -> JobInfo:

@@ -28,7 +28,7 @@ from ingest._spacy import use_packaged_spacy_model
 from ingest.elements import Element, from_unstructured, paragraphs
 from ingest.errors import ConverterMissing, CorruptFile, LoadError, NoText
 from ingest.filetypes import KINDS, SUPPORTED_SUFFIXES, FileKind, check_file
-from ingest.ocr import TesseractOCR, open_image
+from ingest.ocr import DEFAULT_MAX_PIXELS, TesseractOCR, image_frames
 from ingest.pdf import PdfPages, text_layer_quality
 
 __all__ = ["SUPPORTED_SUFFIXES", "DocumentLoader", "Element", "LoadError", "LoadedDocument", "ParsedDocument"]
@@ -77,6 +77,7 @@ class DocumentLoader:
         pdf_batch_pages: int = 8,
         min_text_quality: float = 0.9,
         convert_timeout_s: float = 180.0,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         use_packaged_spacy_model()
         # Import once at start-up: unstructured's first import takes seconds.
@@ -90,6 +91,7 @@ class DocumentLoader:
         self._pdf_batch = pdf_batch_pages
         self._min_quality = min_text_quality
         self._convert_timeout = convert_timeout_s
+        self._max_pixels = max_image_pixels
         self._soffice = shutil.which("soffice") or shutil.which("libreoffice")
 
     def check(self, path: Path) -> FileKind:
@@ -103,7 +105,7 @@ class DocumentLoader:
         if kind.family == "pdf":
             pdf = PdfPages(
                 path, partition_pdf=self._partition_pdf, ocr=self._ocr,
-                batch_pages=self._pdf_batch, min_quality=self._min_quality,
+                batch_pages=self._pdf_batch, min_quality=self._min_quality, max_pixels=self._max_pixels,
             )  # fmt: skip
             return ParsedDocument(
                 path=path, kind=kind, pages=pdf.pages, batches=pdf.batches(), metadata_title=pdf.metadata_title
@@ -126,13 +128,25 @@ class DocumentLoader:
         return LoadedDocument(path=path, title=title_of(path, elements, parsed.metadata_title), elements=elements)
 
     def _image_batches(self, path: Path) -> Iterator[tuple[int | None, list[Element]]]:
-        frames = open_image(path)
-        for index, frame in enumerate(frames, start=1):
-            page = index if len(frames) > 1 else None
-            yield (
-                index,
-                [Element(text=p, category="NarrativeText", page=page) for p in paragraphs(self._ocr.read(frame))],
-            )
+        # Frame by frame: a 300-page fax TIFF never sits in memory whole.
+        frames = image_frames(path, max_pixels=self._max_pixels)
+        first = next(frames, None)
+        if first is None:
+            return
+        second = next(frames, None)
+        numbered = second is not None
+        index = 1
+        for frame in (first, second):
+            if frame is not None:
+                yield index, self._frame_elements(frame, index if numbered else None)
+                index += 1
+        del first, second
+        for frame in frames:
+            yield index, self._frame_elements(frame, index)
+            index += 1
+
+    def _frame_elements(self, frame: Any, page: int | None) -> list[Element]:
+        return [Element(text=p, category="NarrativeText", page=page) for p in paragraphs(self._ocr.read(frame))]
 
     def _partition_file(self, path: Path, kind: FileKind) -> list[Element]:
         if kind.needs_libreoffice:

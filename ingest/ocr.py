@@ -12,13 +12,16 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
+import warnings
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 from PIL import Image
 
 from core.text import join_wide
-from ingest.errors import CorruptFile, LoadError
+from ingest.errors import CorruptFile, LoadError, TooManyPixels
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +111,50 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def open_image(path: Path) -> list[Image.Image]:
-    """Every frame of an image file (multi-page TIFFs have several)."""
+# Pillow's decompression-bomb limit is one module attribute: it is set to this load's budget, and put
+# back, under a lock (two loads at once each want their own).
+_PILLOW_LIMIT = threading.Lock()
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def image_frames(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Image.Image]:
+    """The frames of an image file (multi-page TIFFs have several), one at a time: only the frame being
+    read is in memory. A frame over `max_pixels` fails the file (TooManyPixels, `too_large`)."""
     try:
-        with Image.open(path) as image:
-            frames = []
-            for index in range(getattr(image, "n_frames", 1)):
-                image.seek(index)
-                frames.append(image.convert("RGB"))
-            return frames
+        with _PILLOW_LIMIT, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"{path.name} is over the image budget of {max_pixels:,} pixels: {exc}") from exc
     except (OSError, SyntaxError) as exc:
         raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc
+    with image:
+        try:
+            count = getattr(image, "n_frames", 1)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc
+        for index in range(count):
+            try:
+                image.seek(index)
+                width, height = image.size
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc
+            if width * height > max_pixels:
+                raise TooManyPixels(
+                    f"{path.name}: frame {index + 1} is {width}x{height} pixels, over the budget of "
+                    f"{max_pixels:,} pixels per frame"
+                )
+            try:
+                frame = image.convert("RGB")
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise CorruptFile(f"{path.name} is not a readable image: {exc}") from exc
+            yield frame
+
+
+def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Image.Image]:
+    """Every frame of a small image file at once (tests, tools); ingestion reads `image_frames`."""
+    return list(image_frames(path, max_pixels=max_pixels))

@@ -31,8 +31,8 @@ from pypdf.errors import FileNotDecryptedError, PdfReadError
 
 from core.text import is_wide
 from ingest.elements import Element, from_unstructured, paragraphs
-from ingest.errors import CorruptFile, EncryptedFile
-from ingest.ocr import TesseractOCR
+from ingest.errors import CorruptFile, EncryptedFile, TooManyPixels
+from ingest.ocr import DEFAULT_MAX_PIXELS, TesseractOCR
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,10 @@ class PdfPages:
         batch_pages: int = 8,
         min_quality: float = 0.9,
         ocr_dpi: int = 300,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.path = path
+        self._max_pixels = max_pixels
         self._partition = partition_pdf
         self._ocr = ocr
         self._batch = batch_pages
@@ -198,7 +200,16 @@ class PdfPages:
         return upright_rotation(angles, rotation)
 
     def _ocr_page(self, n: int) -> list[Element]:
-        image = self._pdfium[n].render(scale=self._scale).to_pil()
+        page = self._pdfium[n]
+        # Pages are rendered one at a time; a page whose media box would render huge (a poster, a forged
+        # box) is refused before a single pixel is allocated.
+        width, height = (round(side * self._scale) for side in page.get_size())
+        if width * height > self._max_pixels:
+            raise TooManyPixels(
+                f"{self.path.name}: page {n + 1} would render at {width}x{height} pixels, over the budget of "
+                f"{self._max_pixels:,} pixels per page"
+            )
+        image = page.render(scale=self._scale).to_pil()
         self.ocr_pages += 1
         log.info("OCR %s page %d", self.path.name, n + 1)
         return [Element(text=p, category="NarrativeText", page=n + 1) for p in paragraphs(self._ocr.read(image))]

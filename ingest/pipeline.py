@@ -3,7 +3,10 @@
 Data flows one way: each file is checked and a version begun (ingest/versions.py), read into chunks
 batch by batch (ingest/reading.py), embedded and written in batches shared with the files around it
 (ingest/batching.py), and published (versions again) as soon as its last chunk is written. A file that
-fails is rolled back and the others go on. `run` yields what happens as `IngestEvent`s; the caller
+fails, or whose publish is refused (deleted meanwhile, superseded by a later version), is rolled back and
+the others go on. When the run ends early (its caller closes it to cancel, or the job was lost to
+another worker: `LostJob`), every version still open is rolled back, its chunks deleted, before the
+run returns: nothing is left half-indexed. `run` yields what happens as `IngestEvent`s; the caller
 iterates them and nothing calls back into it.
 """
 
@@ -30,6 +33,7 @@ from ingest.events import (
     zero_timings,
 )
 from ingest.reading import FileReader, Loader, Pages, Version
+from ingest.registry import Lease, LostJob, PublishRefused, VersionRef
 from ingest.sources import expand_sources
 from ingest.versions import Versions
 
@@ -85,27 +89,58 @@ class IngestPipeline:
         kb: str = "default",
         acl_groups: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
-        job_id: str = "",
+        lease: Lease | None = None,
     ) -> Iterator[IngestEvent]:
         """Index files in order, as a stream of events: each file starts, progresses, and finishes once.
 
         Groups and tags not given (None) are each document's own, or for a new document its knowledge
-        base's default groups (see `Versions.begin`); given ones replace them."""
-        with Batcher(self._embedder, self._store, kb, batch_size=self._batch) as batcher:
-            open_files: dict[int, _Indexing] = {}  # by position in `tasks`
-            for n, task in enumerate(tasks):
-                yield FileStarted(task)
-                begun = self._begin(task, kb=kb, acl_groups=acl_groups, tags=tags, job_id=job_id)
-                if isinstance(begun, IngestResult):  # rejected or unchanged: nothing to index
-                    yield FileFinished(task, begun)
-                    continue
-                open_files[n] = begun
-                batcher.open_file(n)
-                yield from self._feed(n, begun, batcher, open_files)
-            yield from self._settled(batcher.drain(), open_files)
+        base's default groups (see `Versions.begin`); given ones replace them. Under a job, `lease`
+        fences every version this run begins, publishes or fails."""
+        open_files: dict[int, _Indexing] = {}  # by position in `tasks`
+        ended: BaseException | None = None
+        try:
+            # Leaving the with block waits for the write in flight: rollbacks below delete everything.
+            with Batcher(self._embedder, self._store, kb, batch_size=self._batch) as batcher:
+                for n, task in enumerate(tasks):
+                    yield FileStarted(task)
+                    begun = self._begin(task, kb=kb, acl_groups=acl_groups, tags=tags, lease=lease)
+                    if isinstance(begun, IngestResult):  # rejected or unchanged: nothing to index
+                        yield FileFinished(task, begun)
+                        continue
+                    open_files[n] = begun
+                    batcher.open_file(n)
+                    yield from self._feed(n, begun, batcher, open_files, lease)
+                yield from self._settled(batcher.drain(), open_files, lease)
+        except BaseException as exc:
+            ended = exc
+            raise
+        finally:
+            if open_files:
+                self._abandon(list(open_files.values()), ended, lease)
+
+    def _abandon(self, files: list[_Indexing], ended: BaseException | None, lease: Lease | None) -> None:
+        """Roll back the versions still open when a run ends early: cancelled (the caller closed the run),
+        lost (another worker holds the job: only our chunks go, it records the rest), or failed."""
+        if isinstance(ended, LostJob):
+            for file in files:
+                self._versions.discard(file.into.kb, [VersionRef(file.into.doc_id, file.into.version)])
+            return
+        cancelled = isinstance(ended, GeneratorExit)
+        status, code = ("cancelled", "cancelled") if cancelled else ("failed", "internal_error")
+        for file in files:
+            into = file.into
+            try:
+                self._versions.rollback(
+                    into.kb, into.doc_id, into.version, error=f"{status}: {ended or 'the run ended early'}",
+                    code=code, status=status, lease=lease,
+                )  # fmt: skip
+            except LostJob:
+                continue  # its chunks are deleted; the worker that holds the job now records the version
+            except Exception:
+                log.warning("could not roll back %s v%d", into.doc_id, into.version, exc_info=True)
 
     def _feed(
-        self, n: int, file: _Indexing, batcher: Batcher, open_files: dict[int, _Indexing]
+        self, n: int, file: _Indexing, batcher: Batcher, open_files: dict[int, _Indexing], lease: Lease | None
     ) -> Iterator[IngestEvent]:
         """Read one file into the batcher, writing every batch it fills; stops early if the file fails."""
         pages = self._reader.read(file.task.path, file.into)
@@ -114,23 +149,27 @@ class IngestPipeline:
                 try:
                     batch = next(pages, None)
                 except Exception as exc:  # noqa: BLE001 - whatever broke, this file's half-written version is rolled back
-                    yield from self._settled(batcher.discard(n), open_files)
+                    yield from self._settled(batcher.discard(n), open_files, lease)
                     if n in open_files:
-                        yield self._rollback(open_files.pop(n), exc)
+                        finished = self._rollback(open_files[n], exc, lease)
+                        del open_files[n]
+                        yield finished
                     return
                 if batch is None:
-                    yield from self._settled(batcher.close_file(n), open_files)
+                    yield from self._settled(batcher.close_file(n), open_files, lease)
                     return
                 file.read(batch)
                 batcher.add(n, batch.chunks)
                 yield file.progress("chunking" if batch.chunks else "parsing")
                 while batcher.full:
                     yield file.progress("embedding")
-                    yield from self._settled(batcher.write_batch(), open_files)
+                    yield from self._settled(batcher.write_batch(), open_files, lease)
         finally:
             pages.close()  # a file that failed mid-way releases its parser now
 
-    def _settled(self, outcomes: list[Outcome], open_files: dict[int, _Indexing]) -> Iterator[IngestEvent]:
+    def _settled(
+        self, outcomes: list[Outcome], open_files: dict[int, _Indexing], lease: Lease | None
+    ) -> Iterator[IngestEvent]:
         for outcome in outcomes:
             file = open_files[outcome.key]
             if isinstance(outcome, Stored):
@@ -139,27 +178,43 @@ class IngestPipeline:
                 file.timings["index_ms"] += outcome.index_ms
                 yield file.progress("indexing")
             elif isinstance(outcome, Completed):
-                del open_files[outcome.key]
                 file.timings["index_ms"] += outcome.flush_ms
                 if outcome.chunks == 0:
                     name = file.task.path.name
-                    yield self._rollback(file, NoText(f"no text found in {name} (OCR found nothing legible either)"))
+                    finished = self._rollback(
+                        file, NoText(f"no text found in {name} (OCR found nothing legible either)"), lease
+                    )
                 else:
-                    yield self._publish(file)
-            elif isinstance(outcome, Failed):
+                    finished = self._publish(file, lease)
+                # Open until here: a run that ends in between still rolls the version back.
                 del open_files[outcome.key]
-                yield self._rollback(file, outcome.error)
+                yield finished
+            elif isinstance(outcome, Failed):
+                finished = self._rollback(file, outcome.error, lease)
+                del open_files[outcome.key]
+                yield finished
 
     def _begin(
-        self, task: FileTask, *, kb: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None, job_id: str
-    ) -> _Indexing | IngestResult:
+        self, task: FileTask, *, kb: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None,
+        lease: Lease | None,
+    ) -> _Indexing | IngestResult:  # fmt: skip
         path, doc_id = task.path, task.doc_id
         try:
             self._reader.check(path)
+            begun = self._versions.begin(
+                kb, doc_id, path, acl_groups=acl_groups, tags=tags, lease=lease, origin=task.origin,
+                replace=task.replace,
+            )  # fmt: skip
         except LoadError as exc:
             log.warning("rejected %s: %s", path, exc)
             return IngestResult(path=str(path), doc_id=doc_id, status="failed", error=str(exc), error_code=exc.code)
-        begun = self._versions.begin(kb, doc_id, path, acl_groups=acl_groups, tags=tags, job_id=job_id)
+        except LostJob:
+            raise
+        except Exception as exc:
+            log.warning("could not begin %s", path, exc_info=True)
+            return IngestResult(
+                path=str(path), doc_id=doc_id, status="failed", error=str(exc), error_code="internal_error"
+            )
         if begun.unchanged:
             return IngestResult(
                 path=str(path), doc_id=doc_id, status="unchanged", version=begun.version, chunks=begun.chunks,
@@ -167,15 +222,17 @@ class IngestPipeline:
             )  # fmt: skip
         return _Indexing(task, Version(doc_id, begun.version, kb, begun.acl_groups, begun.tags))
 
-    def _publish(self, file: _Indexing) -> FileFinished:
+    def _publish(self, file: _Indexing, lease: Lease | None) -> FileFinished:
         into = file.into
         try:
             self._versions.publish(
                 into.kb, into.doc_id, into.version, title=file.title, pages=file.pages, chunks=file.written,
-                timings=dict(file.timings),
+                timings=dict(file.timings), lease=lease,
             )  # fmt: skip
+        except LostJob:
+            raise
         except Exception as exc:  # noqa: BLE001 - an unpublished version is rolled back like any failure
-            return self._rollback(file, exc)
+            return self._rollback(file, exc, lease)
         log.info("indexed %s as %s v%d: %d chunks", file.task.path, into.doc_id, into.version, file.written)
         result = IngestResult(
             path=str(file.task.path), doc_id=into.doc_id, status="indexed", version=into.version, chunks=file.written,
@@ -183,11 +240,12 @@ class IngestPipeline:
         )  # fmt: skip
         return FileFinished(file.task, result)
 
-    def _rollback(self, file: _Indexing, exc: Exception) -> FileFinished:
+    def _rollback(self, file: _Indexing, exc: Exception, lease: Lease | None) -> FileFinished:
         into = file.into
         code = str(getattr(exc, "code", "internal_error"))
-        self._versions.rollback(into.kb, into.doc_id, into.version, error=str(exc), code=code)
-        log.warning("failed to ingest %s: %s", file.task.path, exc, exc_info=not isinstance(exc, LoadError))
+        self._versions.rollback(into.kb, into.doc_id, into.version, error=str(exc), code=code, lease=lease)
+        expected = isinstance(exc, LoadError | PublishRefused)
+        log.warning("failed to ingest %s: %s", file.task.path, exc, exc_info=not expected)
         result = IngestResult(
             path=str(file.task.path), doc_id=into.doc_id, status="failed", version=into.version, error=str(exc),
             error_code=code, timings=dict(file.timings),
@@ -209,7 +267,11 @@ class IngestPipeline:
         """Ingest files, folders and zip archives synchronously, without a job (demo data at first start,
         evaluation, tests). Replaced versions are hidden at once and purged by the schedule (a worker)."""
         sources = list(expand_sources(paths))
-        tasks = [FileTask(path=s.path, doc_id=s.doc_id, key=i) for i, s in enumerate(sources) if s.error is None]
+        tasks = [
+            FileTask(path=s.path, doc_id=s.doc_id, key=i, origin=s.origin, replace=False)
+            for i, s in enumerate(sources)
+            if s.error is None
+        ]
         indexed = iter(self._results(tasks, kb=kb, acl_groups=acl_groups, tags=tags))
         results = [
             next(indexed)

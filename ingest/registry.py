@@ -3,6 +3,13 @@
 Readers see exactly one version of a document at any time. The vector store may briefly hold two (the
 new one being indexed, the old one not yet purged); `hidden_versions` names the ones queries must not
 see, and the switch from old to new is the single SQL transaction in `publish`.
+
+Every write that decides something (begin, publish, fail, a job's claim) checks and writes in one
+transaction that holds the rows it reads: `SELECT ... FOR UPDATE` on PostgreSQL, and on SQLite a write
+transaction taken up front (`BEGIN IMMEDIATE`), so that no other writer runs between the check and the
+write. A version begun by a job carries the job's fencing token (a counter the job row bumps on every
+claim and requeue): a worker that lost its job (paused past the heartbeat timeout, requeued, cancelled)
+can neither begin, publish nor fail anything under it any more (`LostJob`).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from core.names import KB_NAME
+from ingest.errors import DocIdConflict
 
 
 def now() -> datetime:
@@ -41,6 +50,39 @@ def now() -> datetime:
 
 class RegistrySchemaError(RuntimeError):
     pass
+
+
+class PublishRefused(RuntimeError):
+    """A version may not become (or stop being) what readers see; its chunks must go. `code` is stable."""
+
+    code = "refused"
+
+
+class DocumentDeletedMeanwhile(PublishRefused):
+    """The document was deleted after this version was begun: the delete wins."""
+
+    code = "document_deleted"
+
+
+class Superseded(PublishRefused):
+    """A version begun later was published first: the later one wins."""
+
+    code = "superseded"
+
+
+class LostJob(PublishRefused):
+    """The job is no longer this worker's (requeued after a missed heartbeat, cancelled, finished by
+    another): stop, and remove the chunks of the versions begun under it that are not published."""
+
+    code = "lost_job"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on a job: the job and the fencing token its claim got."""
+
+    job_id: str
+    token: int
 
 
 def _timeout_args(url: str, timeout_s: float) -> dict[str, object]:
@@ -99,6 +141,11 @@ class DocumentRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where the published content came from (a file's absolute path, an archive member, "upload:<name>"):
+    # another origin mapping to the same id is a conflict, not a silent replace.
+    origin: Mapped[str] = mapped_column(String(4096), default="")
+    # Bumped by every delete: a version begun before the delete may not publish after it.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class VersionRow(Base):
@@ -113,11 +160,16 @@ class VersionRow(Base):
     source: Mapped[str] = mapped_column(String(2048), default="")
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
-    # indexing → ready → replaced | deleted; or indexing → failed | interrupted
+    # indexing → ready → replaced | deleted; or indexing → failed | interrupted | cancelled
     status: Mapped[str] = mapped_column(String(32), default="indexing")
     error: Mapped[str] = mapped_column(Text, default="")
     error_code: Mapped[str] = mapped_column(String(64), default="")
     job_id: Mapped[str] = mapped_column(String(64), default="")
+    # The fencing token of the job's claim that began this version.
+    job_token: Mapped[int] = mapped_column(Integer, default=0)
+    # The document's epoch when this version was begun (see DocumentRow.epoch).
+    doc_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    origin: Mapped[str] = mapped_column(String(4096), default="")
     acl_groups: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
@@ -126,6 +178,49 @@ class VersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobRow(Base):
+    """An ingestion job (ingest/jobs.py has the queue); here because versions are fenced by its token."""
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kb: Mapped[str] = mapped_column(String(128))
+    # queued → running → done | failed | cancelled; running → queued (its worker died)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    stage: Mapped[str] = mapped_column(String(16), default="queued")
+    current_file: Mapped[str] = mapped_column(String(2048), default="")
+    # None (JSON null): not given, so each document keeps its own, or a new one gets its kb's defaults;
+    # a list, even an empty one, replaces them. Stored as JSON null, so a column made NOT NULL by an older
+    # kb still takes it.
+    acl_groups: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    tags: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    pages_total: Mapped[int] = mapped_column(Integer, default=0)
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(256), default="")
+    # The fencing token: bumped by every claim and requeue; writes under an older one are refused.
+    token: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def owned_job(session: Session, lease: Lease) -> JobRow:
+    """The job row, locked, when `lease` still holds it; LostJob otherwise."""
+    job = session.get(JobRow, lease.job_id, with_for_update=True)
+    if job is None or job.token != lease.token or job.state != "running":
+        raise LostJob(f"job {lease.job_id} is no longer held by this worker (claim {lease.token})")
+    return job
 
 
 class PendingAccessRow(Base):
@@ -173,7 +268,7 @@ class RetiredVersion:
     retired_at: datetime | None
 
 
-_RETIRED = ("replaced", "deleted", "failed", "interrupted")
+_RETIRED = ("replaced", "deleted", "failed", "interrupted", "cancelled")
 
 
 class Registry:
@@ -186,9 +281,17 @@ class Registry:
         self.engine: Engine = create_engine(url, future=True, connect_args=_timeout_args(url, timeout_s), **pool)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._check_schema()
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Write transactions take SQLite's write lock when they begin, not at their first write, so that
+        # what they read cannot change before they write (on PostgreSQL, FOR UPDATE locks the rows read).
+        self._writes = sessionmaker(self.engine.execution_options(kb_write=True), expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     def _check_schema(self) -> None:
         inspector = inspect(self.engine)
@@ -205,7 +308,8 @@ class Registry:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        """A write transaction: committed at the end, rolled back on an exception."""
+        with self._writes() as session, session.begin():
             yield session
 
     # -- reads ------------------------------------------------------------------------------------
@@ -442,40 +546,83 @@ class Registry:
     # -- writes -----------------------------------------------------------------------------------
     def begin_version(
         self, kb: str, doc_id: str, *, title: str, source: str, sha256: str, size: int,
-        acl_groups: list[str], tags: list[str], job_id: str = "",
+        acl_groups: list[str], tags: list[str], job_id: str = "", lease: Lease | None = None, origin: str = "",
+        replace: bool = True,
     ) -> int:  # fmt: skip
-        """Record a new version being indexed; readers keep seeing the current one until `publish`."""
-        with self.session() as session:
-            doc = session.get(DocumentRow, (kb, doc_id))
-            if doc is None:
-                doc = DocumentRow(kb=kb, doc_id=doc_id, title=title, source=source, status="pending")
-                session.add(doc)
-                session.flush()
-            last = session.scalar(
-                select(VersionRow.version)
-                .where(VersionRow.kb == kb, VersionRow.doc_id == doc_id)
-                .order_by(VersionRow.version.desc())
-                .limit(1)
+        """Record a new version being indexed; readers keep seeing the current one until `publish`.
+
+        `origin` says where the content comes from; unless `replace` (the caller named the id), a
+        document of another origin under the same id is a DocIdConflict."""
+        for attempt in range(2):
+            try:
+                with self.session() as session:
+                    return self._begin_version(
+                        session, kb, doc_id, title=title, source=source, sha256=sha256, size=size,
+                        acl_groups=acl_groups, tags=tags, job_id=lease.job_id if lease else job_id, lease=lease,
+                        origin=origin, replace=replace,
+                    )  # fmt: skip
+            except IntegrityError:
+                # Two transactions created the same new document at once (PostgreSQL); the loser retries
+                # and finds the winner's row.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _begin_version(
+        session: Session, kb: str, doc_id: str, *, title: str, source: str, sha256: str, size: int,
+        acl_groups: list[str], tags: list[str], job_id: str, lease: Lease | None, origin: str, replace: bool,
+    ) -> int:  # fmt: skip
+        if lease is not None:
+            owned_job(session, lease)
+        doc = session.get(DocumentRow, (kb, doc_id), with_for_update=True)
+        if doc is None:
+            doc = DocumentRow(kb=kb, doc_id=doc_id, title=title, source=source, status="pending", origin=origin)
+            session.add(doc)
+            session.flush()
+        elif not replace and origin and doc.origin and doc.origin != origin and doc.status in ("ready", "pending"):
+            raise DocIdConflict(
+                f"document id {doc_id!r} in {kb!r} is taken by {_shown(doc.origin)}; {_shown(origin)} was not "
+                f"indexed over it (name the document id explicitly to replace it)"
             )
-            version = (last or 0) + 1
-            session.add(
-                VersionRow(
-                    kb=kb, doc_id=doc_id, version=version, sha256=sha256, size_bytes=size, source=source,
-                    job_id=job_id, acl_groups=acl_groups, tags=tags,
-                )
-            )  # fmt: skip
-            return version
+        last = session.scalar(
+            select(VersionRow.version)
+            .where(VersionRow.kb == kb, VersionRow.doc_id == doc_id)
+            .order_by(VersionRow.version.desc())
+            .limit(1)
+        )
+        version = (last or 0) + 1
+        session.add(
+            VersionRow(
+                kb=kb, doc_id=doc_id, version=version, sha256=sha256, size_bytes=size, source=source,
+                job_id=job_id, job_token=lease.token if lease else 0, doc_epoch=doc.epoch, origin=origin,
+                acl_groups=acl_groups, tags=tags,
+            )
+        )  # fmt: skip
+        return version
 
     def publish(
         self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int,
-        timings: dict[str, float] | None = None,
+        timings: dict[str, float] | None = None, lease: Lease | None = None,
     ) -> None:  # fmt: skip
-        """The switch: from this commit on, readers see `version` and not the one it replaces."""
+        """The switch: from this commit on, readers see `version` and not the one it replaces.
+
+        Refused (PublishRefused, nothing changed) when the document was deleted since the version was
+        begun, when a version begun later is already published, or when `lease` no longer holds the job."""
         with self.session() as session:
-            doc = session.get(DocumentRow, (kb, doc_id))
-            row = session.get(VersionRow, (kb, doc_id, version))
-            assert doc is not None and row is not None
-            if doc.current_version and doc.current_version != version:
+            if lease is not None:
+                owned_job(session, lease)
+            doc = session.get(DocumentRow, (kb, doc_id), with_for_update=True)
+            row = session.get(VersionRow, (kb, doc_id, version), with_for_update=True)
+            if doc is None or row is None or row.status != "indexing":
+                raise LostJob(f"{doc_id} v{version} is no longer being indexed ({row.status if row else 'gone'})")
+            if lease is not None and (row.job_id != lease.job_id or row.job_token != lease.token):
+                raise LostJob(f"{doc_id} v{version} was begun under another claim")
+            if row.doc_epoch != doc.epoch:
+                raise DocumentDeletedMeanwhile(f"{doc_id} was deleted while v{version} was being indexed")
+            if version <= doc.current_version:
+                raise Superseded(f"{doc_id} v{doc.current_version}, begun later, was published first")
+            if doc.current_version:
                 old = session.get(VersionRow, (kb, doc_id, doc.current_version))
                 if old is not None and old.status == "ready":
                     old.status, old.retired_at = "replaced", now()
@@ -483,23 +630,53 @@ class Registry:
             row.timings = timings or {}
             doc.current_version, doc.status, doc.title, doc.source = version, "ready", title, row.source
             doc.acl_groups, doc.tags, doc.deleted_at = row.acl_groups, row.tags, None
+            doc.origin = row.origin or doc.origin
 
     def fail(
-        self, kb: str, doc_id: str, version: int, error: str, *, code: str = "failed", status: str = "failed"
+        self,
+        kb: str,
+        doc_id: str,
+        version: int,
+        error: str,
+        *,
+        code: str = "failed",
+        status: str = "failed",
+        lease: Lease | None = None,
     ) -> None:
+        """Record why an unpublished version was given up; LostJob when `lease` no longer holds its job
+        (then whoever took the job over records it)."""
         with self.session() as session:
+            if lease is not None:
+                owned_job(session, lease)
             row = session.get(VersionRow, (kb, doc_id, version))
             doc = session.get(DocumentRow, (kb, doc_id))
-            if row is not None:
+            if row is not None and row.status == "indexing":
                 row.status, row.error, row.error_code, row.retired_at = status, error[:4000], code, now()
-            if doc is not None and doc.current_version == 0:
+            if doc is not None and doc.current_version == 0 and doc.status == "pending":
                 doc.status = "failed"
+
+    def interrupt_job(self, session: Session, job_id: str, token: int, *, error: str) -> list[VersionRef]:
+        """Within the caller's transaction: retire the versions a claim of a job had begun and not
+        finished (their worker died or lost the job). They are hidden at once, and their chunks go with
+        the caller's rollback, or with the purge schedule if the caller dies too."""
+        rows = session.scalars(
+            select(VersionRow).where(
+                VersionRow.job_id == job_id, VersionRow.job_token <= token, VersionRow.status == "indexing"
+            )
+        ).all()
+        for row in rows:
+            row.status, row.error, row.error_code, row.retired_at = "interrupted", error[:4000], "interrupted", now()
+        return [VersionRef(r.doc_id, r.version) for r in rows]
 
     def mark_deleted(self, kb: str, doc_id: str) -> bool:
         """Hide a document from readers at once; its chunks are purged when the grace period has passed."""
         with self.session() as session:
-            doc = session.get(DocumentRow, (kb, doc_id))
-            if doc is None or doc.status == "deleted":
+            doc = session.get(DocumentRow, (kb, doc_id), with_for_update=True)
+            if doc is None:
+                return False
+            # Versions being indexed now were begun before the delete: none of them may publish.
+            doc.epoch += 1
+            if doc.status == "deleted":
                 return False
             if doc.current_version:
                 row = session.get(VersionRow, (kb, doc_id, doc.current_version))
@@ -540,8 +717,21 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _shown(origin: str) -> str:
+    return origin.removeprefix("upload:") if origin.startswith("upload:") else origin
+
+
 def _sqlite_pragmas(connection: object, _record: object) -> None:
     cursor = connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # The registry's writers take the write lock as they begin (IMMEDIATE), so that what they read and what
+    # they write are one atomic step. The sqlite3 module would begin only at the first INSERT or UPDATE,
+    # after the reads; it sees the transaction open and leaves it to commit(). Other transactions (reads,
+    # the keys and audit tables) keep the module's own behaviour.
+    if connection.get_execution_options().get("kb_write", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,6 +1,9 @@
 """What an ingest request expands to: files with safe document ids, folders walked, zip archives unpacked.
 
-Document ids come from the admin or from the path relative to the folder given. An id that could escape
+Document ids come from the admin or from the path relative to the folder given (so `teamA/policy.md`
+and `teamB/policy.md` of one folder are two documents). Each source also says where it comes from (its
+origin: the file's absolute path, or the archive's and the member's name): a file of another origin
+mapping to an id that a document already has is a conflict (`doc_id_conflict`), not a replace. An id that could escape
 (`..`, absolute, drive letters, control characters) is refused, and so is an archive member with such a
 name. Archives are unpacked with limits on member count, total size and compression ratio (zip bombs),
 and archives inside archives are refused rather than unpacked. A symbolic link in a folder that points
@@ -29,6 +32,8 @@ class Source:
     path: Path
     doc_id: str
     error: LoadError | None = None
+    origin: str = ""
+    archive: Path | None = None  # the zip archive a member came out of
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,15 @@ def expand_sources(
             for file, error in _folder_files(path):
                 raw_id = file.relative_to(path).as_posix()
                 if error is not None:
-                    yield Source(path=file, doc_id=raw_id[:512], error=error)
+                    yield Source(path=file, doc_id=raw_id[:512], error=error, origin=_origin(file))
                 else:
                     yield from _one(file, raw_id, extract_dir, limits)
         else:
             yield from _one(path, doc_id or path.name, extract_dir, limits)
+
+
+def _origin(path: Path) -> str:
+    return str(path.absolute())
 
 
 def _folder_files(folder: Path) -> list[tuple[Path, UnsafeLink | None]]:
@@ -107,16 +116,18 @@ def _one(path: Path, raw_id: str, extract_dir: Path | None, limits: ArchiveLimit
     try:
         doc_id = safe_doc_id(raw_id)
     except UnsafeName as exc:
-        yield Source(path=path, doc_id=raw_id[:512], error=exc)
+        yield Source(path=path, doc_id=raw_id[:512], error=exc, origin=_origin(path))
         return
     if path.suffix.lower() != ".zip":
-        yield Source(path=path, doc_id=doc_id)
+        yield Source(path=path, doc_id=doc_id, origin=_origin(path))
         return
     target = extract_dir or Path(tempfile.mkdtemp(prefix="kb-unzip-"))
     try:
-        yield from unpack_zip(path, target / doc_id.replace("/", "__"), doc_id, limits)
+        for source in unpack_zip(path, target / doc_id.replace("/", "__"), doc_id, limits):
+            member = source.doc_id.removeprefix(doc_id + "/")
+            yield Source(source.path, source.doc_id, source.error, origin=f"{_origin(path)}#{member}", archive=path)
     except LoadError as exc:
-        yield Source(path=path, doc_id=doc_id, error=exc)
+        yield Source(path=path, doc_id=doc_id, error=exc, origin=_origin(path))
 
 
 def unpack_zip(archive: Path, into: Path, prefix: str, limits: ArchiveLimits) -> Iterator[Source]:

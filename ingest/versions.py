@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from core.protocols import VectorStore
-from ingest.registry import Registry, RetiredVersion, VersionRef, now
+from ingest.registry import Lease, LostJob, Registry, RetiredVersion, VersionRef, now
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,14 @@ class Versions:
 
     def begin(
         self, kb: str, doc_id: str, path: Path, *, acl_groups: Sequence[str] | None = None,
-        tags: Sequence[str] | None = None, job_id: str = "",
+        tags: Sequence[str] | None = None, job_id: str = "", lease: Lease | None = None, origin: str = "",
+        replace: bool = True,
     ) -> Begun:  # fmt: skip
         """Start a new version of `doc_id` from `path`, unless it would be identical to the current one.
 
         Groups and tags not given (None) are the document's own, or a new document's kb defaults; an
-        empty list given is meant (readable by admins only)."""
+        empty list given is meant (readable by admins only). Unless `replace`, a document of another
+        `origin` under the same id is a DocIdConflict. Under a job, `lease` fences the version."""
         sha = sha256_file(path)
         groups, labels = self._registry.resolve_access(kb, doc_id, acl_groups, tags)
         current = self._registry.current_version(kb, doc_id)
@@ -81,31 +83,44 @@ class Versions:
             )  # fmt: skip
         version = self._registry.begin_version(
             kb, doc_id, title=path.stem, source=str(path), sha256=sha, size=path.stat().st_size,
-            acl_groups=groups, tags=labels, job_id=job_id,
+            acl_groups=groups, tags=labels, job_id=job_id, lease=lease, origin=origin, replace=replace,
         )  # fmt: skip
         return Begun(version, acl_groups=tuple(groups), tags=tuple(labels))
 
     def publish(
         self, kb: str, doc_id: str, version: int, *, title: str, pages: int | None, chunks: int,
-        timings: dict[str, float],
+        timings: dict[str, float], lease: Lease | None = None,
     ) -> None:  # fmt: skip
-        """The atomic switch: readers see `version` from now on; the version it replaces is retired."""
-        self._registry.publish(kb, doc_id, version, title=title, pages=pages, chunks=chunks, timings=timings)
+        """The atomic switch: readers see `version` from now on; the version it replaces is retired.
 
-    def rollback(self, kb: str, doc_id: str, version: int, *, error: str, code: str, status: str = "failed") -> None:
+        PublishRefused when the document was deleted meanwhile, a later version won, or the job is lost;
+        the caller then rolls the version back (`rollback`, or `discard` for a lost job)."""
+        self._registry.publish(
+            kb, doc_id, version, title=title, pages=pages, chunks=chunks, timings=timings, lease=lease
+        )
+
+    def rollback(
+        self, kb: str, doc_id: str, version: int, *, error: str, code: str, status: str = "failed",
+        lease: Lease | None = None,
+    ) -> None:  # fmt: skip
         """Remove whatever part of an unpublished `version` reached the store and record why it failed.
 
-        Readers never saw it, so its chunks go at once rather than after the grace period."""
-        self._registry.fail(kb, doc_id, version, error, code=code, status=status)
-        self._store.delete_version(kb, doc_id, version)
-        self._registry.mark_purged(kb, [VersionRef(doc_id, version)])
+        Readers never saw it, so its chunks go at once rather than after the grace period. A worker that
+        lost its job (LostJob, re-raised) still deletes the chunks it wrote: the version is its own."""
+        try:
+            self._registry.fail(kb, doc_id, version, error, code=code, status=status, lease=lease)
+        except LostJob:
+            self.discard(kb, [VersionRef(doc_id, version)])
+            raise
+        self.discard(kb, [VersionRef(doc_id, version)])
 
-    def rollback_job(self, kb: str, job_id: str, *, error: str) -> list[VersionRef]:
-        """Roll back the versions a job had begun and not finished (its worker stopped mid-file)."""
-        refs = self._registry.indexing_versions(job_id)
+    def discard(self, kb: str, refs: Sequence[VersionRef]) -> None:
+        """Delete the chunks of unpublished versions, already retired or given up, from the store."""
+        if not refs:
+            return
         for ref in refs:
-            self.rollback(kb, ref.doc_id, ref.version, error=error, code="interrupted", status="interrupted")
-        return refs
+            self._store.delete_version(kb, ref.doc_id, ref.version)
+        self._registry.mark_purged(kb, list(refs))
 
     # -- the purge schedule -------------------------------------------------------------------------
     def purge(self, kb: str | None = None, *, grace_s: float | None = None) -> int:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ingest.access import DocumentAccess
 from ingest.events import FileFinished, FileProgress, FileStarted, FileTask, Progress
-from ingest.jobs import JobStore, worker_name
+from ingest.jobs import JobItemRow, JobStore, Lease, worker_name
 from ingest.pipeline import IngestPipeline
+from ingest.registry import LostJob
 from ingest.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class JobWorker:
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
         progress_every_s: float = 0.5,
+        max_attempts: int = 3,
     ) -> None:
         self._jobs = jobs
         self._pipeline = pipeline
@@ -45,20 +47,28 @@ class JobWorker:
         self._poll = poll_s
         self._beat = heartbeat_s
         self._progress_every = progress_every_s
+        self._max_attempts = max_attempts
         self.name = worker_name()
+        self._purge_at = 0.0  # monotonic time of the next purge a running job should do
 
     def recover(self) -> int:
-        """Roll back what dead workers left half-done and queue their jobs again."""
+        """Take back the jobs of workers that died or stalled: fence them out, roll back what they left
+        half-done, and queue the jobs again."""
         recovered = 0
-        for job_id in self._jobs.abandoned():
-            view = self._jobs.get(job_id)
-            assert view is not None
-            refs = self._versions.rollback_job(
-                view.job.kb, job_id, error="interrupted: the worker stopped mid-file; retried"
-            )
-            for ref in refs:
-                log.warning("job %s: rolled back %s v%d left by a stopped worker", job_id, ref.doc_id, ref.version)
-            self._jobs.requeue(job_id)
+        for lease in self._jobs.abandoned():
+            taken = self._jobs.requeue(lease, max_attempts=self._max_attempts)
+            if taken is None:
+                continue  # another worker took it back first
+            for crashed in taken.crashed:
+                log.error("job %s: %s crashed its worker %d times; failed", lease.job_id, crashed, self._max_attempts)
+            for ref in taken.interrupted:
+                log.warning(
+                    "job %s: rolling back %s v%d left by a stopped worker", lease.job_id, ref.doc_id, ref.version
+                )
+            try:
+                self._versions.discard(taken.kb, taken.interrupted)
+            except Exception:  # retired already: the purge schedule deletes them if this fails
+                log.warning("job %s: could not delete the chunks it left", lease.job_id, exc_info=True)
             recovered += 1
         return recovered
 
@@ -73,9 +83,9 @@ class JobWorker:
                 self._jobs.worker_beat(self.name)
                 self.repair_access()
                 due_in = self.purge_due()
-                job_id = self._jobs.claim(self.name)
-                if job_id is not None:
-                    self.run_job(job_id)
+                lease = self._jobs.claim(self.name)
+                if lease is not None:
+                    self.run_job(lease)
                     done += 1
                     continue
                 if until_idle and due_in is None:
@@ -100,50 +110,118 @@ class JobWorker:
     def purge_due(self) -> float | None:
         """Purge what is due in every knowledge base; seconds until the next purge (None: nothing waits)."""
         try:
-            return self._versions.purge_scheduled()
+            due_in = self._versions.purge_scheduled()
         except Exception:  # a store that is down now is retried at the next poll
             log.warning("purging retired versions failed", exc_info=True)
             return None
+        # Nothing retired: look again when the next file finishes (it may have replaced something).
+        self._purge_at = 0.0 if due_in is None else time.monotonic() + max(due_in, 0.05)
+        return due_in
 
-    def run_job(self, job_id: str) -> None:
-        view = self._jobs.get(job_id)
+    def run_job(self, lease: Lease) -> None:
+        """Run a claimed job to its end: done, failed, or cancelled; or stop at once if it is lost (another
+        worker took it over), leaving no chunks of what this worker had not published."""
+        view = self._jobs.get(lease.job_id)
         assert view is not None
-        job = view.job
-        beating = threading.Event()
-        beater = threading.Thread(target=self._heartbeat, args=(job_id, beating), daemon=True)
+        signals = _Signals()
+        beater = threading.Thread(target=self._heartbeat, args=(lease, signals), daemon=True)
         beater.start()
         try:
-            tasks = [
-                FileTask(path=Path(i.path), doc_id=i.doc_id, key=i.ordinal) for i in self._jobs.pending_items(job_id)
-            ]
-            progress = _JobProgress(self._jobs, job_id, every_s=self._progress_every)
-            events = self._pipeline.run(tasks, kb=job.kb, acl_groups=job.acl_groups, tags=job.tags, job_id=job_id)
+            while not signals.cancel.is_set():
+                pending = self._jobs.pending_items(lease.job_id)
+                if not pending:
+                    break
+                try:
+                    self._run_items(
+                        lease, pending, kb=view.job.kb, acl_groups=view.job.acl_groups, tags=view.job.tags,
+                        signals=signals,
+                    )  # fmt: skip
+                except LostJob:
+                    raise
+                except Exception as exc:
+                    log.exception("job %s: ingestion broke off", lease.job_id)
+                    self._fail_running(lease, pending, exc)
+            state = self._jobs.finish(lease)
+            if state == "cancelled":
+                log.info("job %s cancelled", lease.job_id)
+        except LostJob as exc:
+            log.warning(
+                "job %s: lost to another worker (%s); stopped, own unpublished chunks removed", lease.job_id, exc
+            )
+            return
+        finally:
+            signals.stop.set()
+            beater.join(timeout=5)
+        shutil.rmtree(self.uploads_dir / lease.job_id, ignore_errors=True)
+
+    def _run_items(
+        self, lease: Lease, items: list[JobItemRow], *, kb: str, acl_groups: list[str] | None,
+        tags: list[str] | None, signals: _Signals,
+    ) -> None:  # fmt: skip
+        tasks = [
+            FileTask(path=Path(i.path), doc_id=i.doc_id, key=i.ordinal, origin=i.origin, replace=i.replace)
+            for i in items
+        ]
+        progress = _JobProgress(self._jobs, lease, every_s=self._progress_every)
+        events = self._pipeline.run(tasks, kb=kb, acl_groups=acl_groups, tags=tags, lease=lease)
+        try:
             for event in events:
+                if signals.lost.is_set():
+                    raise LostJob(f"job {lease.job_id}: the heartbeat found it taken over")
                 if isinstance(event, FileStarted):
-                    self._jobs.start_item(job_id, event.task.key, path=str(event.task.path))
+                    if self._jobs.start_item(lease, event.task.key, path=str(event.task.path)):
+                        signals.cancel.set()
                 elif isinstance(event, FileProgress):
-                    progress.update(event.task, event.progress)
+                    if progress.update(event.task, event.progress):
+                        signals.cancel.set()
                 elif isinstance(event, FileFinished):
                     progress.finished(event.task)
                     r = event.result
                     self._jobs.finish_item(
-                        job_id, event.task.key, status=r.status, version=r.version, pages=r.pages, chunks=r.chunks,
+                        lease, event.task.key, status=r.status, version=r.version, pages=r.pages, chunks=r.chunks,
                         error=r.error, error_code=r.error_code, timings=r.timings,
                     )  # fmt: skip
-            self._jobs.finish(job_id)
+                    # A long job purges as it goes: what it replaced leaves the store once its grace passed.
+                    if time.monotonic() >= self._purge_at:
+                        self.purge_due()
+                if signals.cancel.is_set():
+                    break  # closing the run rolls back the file under way
         finally:
-            beating.set()
-            beater.join(timeout=5)
-        shutil.rmtree(self.uploads_dir / job_id, ignore_errors=True)
+            events.close()  # type: ignore[attr-defined]
 
-    def _heartbeat(self, job_id: str, stop: threading.Event) -> None:
+    def _fail_running(self, lease: Lease, items: list[JobItemRow], exc: Exception) -> None:
+        """After the run broke off: fail the files that were under way (or, if none had started, the
+        first one), so the next pass goes on after them rather than hitting the same wall."""
+        fresh = {i.ordinal: i for i in self._jobs.pending_items(lease.job_id)}
+        running = [o for o, i in fresh.items() if i.status == "running"] or [items[0].ordinal]
+        for ordinal in running:
+            if ordinal in fresh:
+                self._jobs.finish_item(
+                    lease, ordinal, status="failed", version=0, pages=None, chunks=0,
+                    error=f"{type(exc).__name__}: {exc}", error_code="internal_error",
+                )  # fmt: skip
+
+    def _heartbeat(self, lease: Lease, signals: _Signals) -> None:
         # Parsing one batch of scanned pages can take minutes; the job must not look abandoned meanwhile.
-        while not stop.wait(self._beat):
+        while not signals.stop.wait(self._beat):
             try:
-                self._jobs.heartbeat(job_id)
+                if self._jobs.heartbeat(lease):
+                    signals.cancel.set()
                 self._jobs.worker_beat(self.name)
+            except LostJob:
+                signals.lost.set()
+                return
             except Exception:  # a missed beat is retried; the job goes on
-                log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+                log.warning("heartbeat for job %s failed", lease.job_id, exc_info=True)
+
+
+class _Signals:
+    """What the heartbeat thread tells the worker's loop: cancel between files, or stop (job lost)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
 
 
 class _JobProgress:
@@ -151,26 +229,27 @@ class _JobProgress:
     can be), written at most once per interval: the pipeline reports several times per batch, a progress
     bar needs far fewer, and each write recounts the job's finished files."""
 
-    def __init__(self, jobs: JobStore, job_id: str, *, every_s: float) -> None:
+    def __init__(self, jobs: JobStore, lease: Lease, *, every_s: float) -> None:
         self._jobs = jobs
-        self._job_id = job_id
+        self._lease = lease
         self._every = every_s
         self._last = 0.0
         self._under_way: dict[int, Progress] = {}
 
-    def update(self, task: FileTask, progress: Progress) -> None:
+    def update(self, task: FileTask, progress: Progress) -> bool:
+        """Record progress (at most once per interval); True when the job is to be cancelled."""
         self._under_way[task.key] = progress
         moment = time.monotonic()
         if moment - self._last < self._every:
-            return
+            return False
         self._last = moment
         live = self._under_way.values()
         timings: dict[str, float] = {}
         for p in live:
             for key, ms in p.timings.items():
                 timings[key] = timings.get(key, 0.0) + ms
-        self._jobs.progress(
-            self._job_id, stage=progress.stage, pages_done=sum(p.pages_done for p in live),
+        return self._jobs.progress(
+            self._lease, stage=progress.stage, pages_done=sum(p.pages_done for p in live),
             pages_total=sum(p.pages_total for p in live), chunks_done=sum(p.chunks_done for p in live),
             timings=timings,
         )  # fmt: skip

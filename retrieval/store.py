@@ -42,6 +42,13 @@ class StoreError(RuntimeError):
 _ALL = SearchFilter(access=Access.everything())
 
 
+# Every read sees every write acknowledged before it (Milvus Standalone's default, Bounded, may serve a
+# search from a snapshot a few seconds old: a document deleted or re-grouped could still be returned after
+# the API said it was gone). Collections are created Strong, and each read asks for it too, so that a
+# collection created by an older kb reads the same way.
+CONSISTENCY = "Strong"
+
+
 def analyzer_params(tokenizer: str, *, stop_words: bool) -> dict[str, Any]:
     """BM25 analyzer: lowercase, and optionally drop English stop words (Milvus does not expand
     `_english_` itself, so the list is spelled out)."""
@@ -181,7 +188,9 @@ class MilvusStore:
         index = self._client.prepare_index_params()
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self._client.create_collection(name, schema=schema, index_params=index, timeout=self._timeout)
+        self._client.create_collection(
+            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout
+        )
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
@@ -245,7 +254,9 @@ class MilvusStore:
         self.ensure_collection(kb)
         expr = f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}"
         ids: list[str] = []
-        pages = self._client.query_iterator(name, batch_size=_PAGE, filter=expr, output_fields=["chunk_id"])
+        pages = self._client.query_iterator(
+            name, batch_size=_PAGE, filter=expr, output_fields=["chunk_id"], consistency_level=CONSISTENCY
+        )
         try:
             while batch := pages.next():
                 ids.extend(str(row["chunk_id"]) for row in batch)
@@ -267,7 +278,9 @@ class MilvusStore:
 
     def count(self, kb: str) -> int:
         name = self.ensure_collection(kb)
-        rows = self._client.query(name, filter="", output_fields=["count(*)"], timeout=self._timeout)
+        rows = self._client.query(
+            name, filter="", output_fields=["count(*)"], consistency_level=CONSISTENCY, timeout=self._timeout
+        )
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- reads --------------------------------------------------------------------------------
@@ -282,6 +295,7 @@ class MilvusStore:
             filter=build_filter(_ALL, doc_id=doc_id),
             output_fields=_OUTPUT_FIELDS,
             limit=limit,
+            consistency_level=CONSISTENCY,
             timeout=self._timeout,
         )
         chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
@@ -306,7 +320,10 @@ class MilvusStore:
         expr = build_filter(flt)
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
         sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
-        common = {"collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS, "timeout": self._timeout}
+        common = {
+            "collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS, "timeout": self._timeout,
+            "consistency_level": CONSISTENCY,
+        }  # fmt: skip
         kind: ScoreKind
         if mode == "dense":
             assert vector is not None

@@ -74,3 +74,13 @@ def _no_kb_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("KB_"):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A PostgreSQL server for the whole session (tests/postgres.py); skipped, or failed under CI, when
+    PostgreSQL is not installed."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server

@@ -26,9 +26,15 @@ async def readyz(request: Request, container: ContainerDep) -> JSONResponse:
     # anyone else learns only up or degraded.
     generator = container.generator
     llm_up = await generator.ready()
-    body: dict[str, object] = {"status": "ready" if llm_up else "degraded"}
+    # The API's ingestion worker, when it runs one: down, queued jobs wait (its supervisor restarts it).
+    worker = request.app.state.worker
+    worker_up = worker is None or worker.up
+    body: dict[str, object] = {"status": "ready" if llm_up and worker_up else "degraded"}
     if _is_admin(request):
-        body["components"] = {"llm": "up" if llm_up else "down"}
+        components = {"llm": "up" if llm_up else "down"}
+        if worker is not None:
+            components["worker"] = "up" if worker_up else "down"
+        body["components"] = components
         body["llm"] = {"base_url": generator.base_url, "model": generator.model, "max_tokens": generator.max_tokens}
     return JSONResponse(body, status_code=200)
 

@@ -147,7 +147,7 @@ def _report(info: JobInfo, as_json: bool) -> None:
         f"{info.pages.done} pages, {info.chunks_done} chunks"
     )
     emit(_data(info), as_json, "\n".join(lines))
-    if info.files.failed:
+    if info.files.failed or info.state == "cancelled":
         raise typer.Exit(1)
 
 
@@ -175,6 +175,20 @@ def jobs_list(limit: Annotated[int, typer.Option(min=1, max=1000)] = 20, as_json
     jobs = _container(load_settings()).documents.recent_jobs(limit=limit)
     human = "\n".join(f"{j.job_id}  {j.state:7} {j.files} files ({j.failed} failed)  {j.created_at}" for j in jobs)
     emit([dataclasses.asdict(j) for j in jobs], as_json, human or "no jobs")
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
+    """Cancel a job: a queued one at once; a running one between files (the file under way is rolled back,
+    files already finished stay published)."""
+    state = _container(load_settings()).documents.cancel_job(job_id)
+    if state is None:
+        fail(f"no job {job_id}")
+    human = {
+        "cancelled": f"cancelled job {job_id}",
+        "cancelling": f"job {job_id} stops after the file under way (rolled back); see kb jobs show {job_id}",
+    }.get(state, f"job {job_id} had finished ({state}); nothing to cancel")
+    emit({"job_id": job_id, "state": state}, as_json, human)
 
 
 @jobs_cli.command("work")

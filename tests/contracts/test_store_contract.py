@@ -8,6 +8,7 @@ import math
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -344,3 +345,61 @@ def test_milvus_refuses_a_collection_of_another_dimension(store: VectorStore) ->
     other = MilvusStore(CLIENTS[id(store)], dimension=EMBEDDER.dimension + 1)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="dimensional"):
         other.ensure_collection(KB)
+
+
+@pytest.mark.parametrize("store", MILVUS, indirect=True)
+def test_milvus_reads_are_strongly_consistent_so_a_delete_is_seen_at_once(store: VectorStore) -> None:
+    """No flush, no wait: what a delete removed is not returned by the very next search or query (Milvus
+    Standalone's default, Bounded consistency, could still serve it)."""
+    from retrieval.store import MilvusStore
+
+    assert isinstance(store, MilvusStore)
+    kb = "contract_strong"
+    client: Any = CLIENTS[id(store)]
+    store.ensure_collection(kb)
+    assert client.describe_collection(store.collection(kb))["consistency_level"] in (0, "Strong")
+    for round_ in range(3):
+        rows = [chunk("gone.md", round_ + 1, i, f"Visitor badges are returned at desk {i}.") for i in range(3)]
+        store.upsert(kb, rows, EMBEDDER.embed([r.text for r in rows], "passage"))
+        assert len(store.document_chunks(kb, "gone.md")) == 3  # the write is read back at once, unflushed
+        store.delete_version(kb, "gone.md", round_ + 1)
+        for mode in ("dense", "bm25", "hybrid"):
+            assert docs(store, "visitor badges desk", mode, kb=kb) == set(), (round_, mode)
+        assert store.document_chunks(kb, "gone.md") == []
+        assert store.count(kb) == 0
+
+
+@pytest.mark.parametrize("store", MILVUS[1:], indirect=True)
+def test_milvus_asks_for_strong_consistency_in_every_read_and_collection(store: VectorStore) -> None:
+    """Milvus Lite is strongly consistent whatever it is asked; Standalone is not by default (Bounded). So
+    what the store asks for is checked: every collection is created Strong, and every read asks for it."""
+    from retrieval.store import MilvusStore
+
+    calls: list[tuple[str, object]] = []
+
+    class Recording:
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self._real, name)
+            if name not in ("create_collection", "search", "hybrid_search", "query", "query_iterator"):
+                return method
+
+            def recorded(*args: Any, **kwargs: Any) -> Any:
+                calls.append((name, kwargs.get("consistency_level")))
+                return method(*args, **kwargs)
+
+            return recorded
+
+    recording = MilvusStore(Recording(CLIENTS[id(store)]), dimension=EMBEDDER.dimension)  # type: ignore[arg-type]
+    kb = "contract_asked_strong"
+    rows = [chunk("a.md", 1, 0, "Badges are returned at the front desk.")]
+    recording.upsert(kb, rows, EMBEDDER.embed([r.text for r in rows], "passage"))
+    for mode in ("dense", "bm25", "hybrid"):
+        docs(recording, "badges front desk", mode, kb=kb)
+    recording.document_chunks(kb, "a.md")
+    recording.count(kb)
+    recording.update_access(kb, "a.md", 1, ["staff"], [])
+    assert {name for name, _ in calls} == {"create_collection", "search", "hybrid_search", "query", "query_iterator"}
+    assert all(level == "Strong" for _, level in calls), calls

@@ -274,11 +274,18 @@ def test_a_job_whose_worker_is_killed_resumes_without_duplicates_or_orphans(shar
 
     # A new worker notices the dead one, rolls back the half-indexed version and finishes the job.
     assert container.worker().run(until_idle=True) == 1
+    assert_resumed_without_duplicates_or_orphans(container, job_id)
+    container.store.close()
+
+
+def assert_resumed_without_duplicates_or_orphans(container: Container, job_id: str) -> None:
     done = container.jobs.get(job_id)
-    assert done is not None and done.job.state == "done" and done.job.attempts == 2
-    assert [i.status for i in done.items] == ["indexed", "indexed", "indexed"]
+    assert done is not None and done.job.state == "done" and done.job.attempts == 2, done.job.error
+    assert [(i.status, i.error) for i in done.items] == [("indexed", "")] * 3
+    # The PDF under way when the worker died was started twice; the others once.
+    assert [i.attempts for i in done.items] == [2, 1, 1]
     history = container.documents.history("default", "a-manual.pdf")
-    assert [v.status for v in history] == ["ready", "interrupted"]
+    assert [(v.status, v.error_code) for v in history] == [("ready", ""), ("interrupted", "interrupted")]
 
     total = 0
     for doc_id in ("a-manual.pdf", "b-manual.pdf", "c-note.md"):
@@ -291,4 +298,48 @@ def test_a_job_whose_worker_is_killed_resumes_without_duplicates_or_orphans(shar
         total += current.chunk_count
     assert container.store.count("default") == total
     assert container.registry.hidden_versions("default") == []
-    container.store.close()
+
+
+def test_an_api_killed_mid_job_finishes_the_job_when_it_comes_back(tmp_path: Path) -> None:
+    """kill -9 of a `kb serve` whose own worker thread is mid-job; the restarted API's worker sees the dead
+    PID, rolls back the half-indexed version and completes the job."""
+    from tests.api_process import api_process
+    from tests.api_process import shared_home as api_home
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    docgen.long_pdf(docs / "a-manual.pdf", pages=24)
+    docgen.long_pdf(docs / "b-manual.pdf", pages=4)
+    write(docs / "c-note.md", "# Note\n\nThe loading dock closes at five.\n")
+    env = {"KB_INGEST__WORKER_IN_API": "true", "KB_EMBEDDING__BATCH_SIZE": "8", "KB_INGEST__PDF_BATCH_PAGES": "2",
+           "KB_INGEST__PURGE_GRACE_S": "0"}  # fmt: skip
+    with api_home(tmp_path / "var", tmp_path / "models", **env) as kb_home:
+        container = Container(kb_home.settings)
+        job_id = container.documents.submit([docs], kb="default", uploads_dir=container.uploads_dir)
+        with api_process(kb_home) as api:
+            deadline = time.monotonic() + 300
+            while True:
+                view = container.jobs.get(job_id)
+                assert view is not None
+                if view.job.chunks_done >= 16 and view.job.files_done == 0:
+                    break  # mid-way through the first PDF, with chunks already in Milvus
+                assert api.proc.poll() is None, api.log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the API's worker made no progress"
+                time.sleep(0.05)
+            os.kill(api.proc.pid, signal.SIGKILL)
+            api.proc.wait(timeout=30)
+        half = container.jobs.get(job_id)
+        assert half is not None and half.job.state == "running"
+        assert container.store.document_chunks("default", "a-manual.pdf"), "the killed API left no chunks"
+
+        with api_process(kb_home):
+            deadline = time.monotonic() + 300
+            while not (info := container.documents.job(job_id)) or not info.finished:
+                assert time.monotonic() < deadline, "the restarted API did not finish the job"
+                time.sleep(0.5)
+            # The purge of what the dead worker left is the restarted worker's; wait for its record.
+            while container.registry.hidden_versions("default"):
+                assert time.monotonic() < deadline, "the restarted API did not purge"
+                time.sleep(0.2)
+        assert_resumed_without_duplicates_or_orphans(container, job_id)
+        container.store.close()

@@ -3,14 +3,17 @@ the switch, rollbacks, and a purge that is scheduled (due after the grace period
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from core.types import Chunk
-from ingest.registry import Registry, VersionRef, now
+from ingest.errors import DocIdConflict
+from ingest.jobs import JobFile, JobStore
+from ingest.registry import DocumentDeletedMeanwhile, LostJob, Registry, Superseded, VersionRef, now
 from ingest.versions import Versions
 
 
@@ -37,9 +40,16 @@ class Clock:
         return now() + self.offset
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(f"sqlite:///{tmp_path / 'kb.sqlite'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    """The registry on SQLite, and on PostgreSQL (a server started for the session, tests/postgres.py)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'kb.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    r = Registry(url)
+    yield r
+    r.engine.dispose()
 
 
 def new_version(versions: Versions, path: Path, text: str, kb: str = "kb") -> int:
@@ -122,17 +132,118 @@ def test_an_identical_file_is_unchanged_but_new_groups_make_a_version(registry: 
     assert (regrouped.unchanged, regrouped.version) == (False, 2)
 
 
-def test_rollback_job_rolls_back_what_a_dead_worker_left(registry: Registry, tmp_path: Path) -> None:
+def test_a_requeue_fences_out_the_old_worker_and_retires_what_it_left(registry: Registry, tmp_path: Path) -> None:
     store = Store()
     versions = Versions(registry, store)  # type: ignore[arg-type]
-    for name in ("a.md", "b.md"):
+    jobs = JobStore(registry)
+    job_id = jobs.create("kb", [JobFile(str(tmp_path / n), n) for n in ("a.md", "b.md")], acl_groups=None, tags=None)
+    lease = jobs.claim("w1")
+    assert lease is not None and lease.job_id == job_id
+    for ordinal, name in enumerate(("a.md", "b.md")):
         (tmp_path / name).write_text(name)
-        versions.begin("kb", name, tmp_path / name, acl_groups=[], tags=[], job_id="job7")
-    refs = versions.rollback_job("kb", "job7", error="interrupted")
-    assert sorted(refs, key=lambda r: r.doc_id) == [VersionRef("a.md", 1), VersionRef("b.md", 1)]
-    assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)]
+        jobs.start_item(lease, ordinal, path=name)
+        versions.begin("kb", name, tmp_path / name, acl_groups=[], tags=[], lease=lease)
+    taken = jobs.requeue(lease)
+    assert taken is not None
+    assert sorted(taken.interrupted, key=lambda r: r.doc_id) == [VersionRef("a.md", 1), VersionRef("b.md", 1)]
     assert {v.status for n in ("a.md", "b.md") for v in registry.versions("kb", n)} == {"interrupted"}
-    assert versions.rollback_job("kb", "job7", error="again") == []
+    versions.discard("kb", taken.interrupted)
+    assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)]
+    assert jobs.requeue(lease) is None  # taken back already
+    # The old worker wakes up: every write under its old claim is refused.
+    with pytest.raises(LostJob):
+        versions.publish("kb", "a.md", 1, title="t", pages=None, chunks=1, timings={}, lease=lease)
+    with pytest.raises(LostJob):
+        versions.begin("kb", "c.md", tmp_path / "a.md", acl_groups=[], tags=[], lease=lease)
+    with pytest.raises(LostJob):
+        jobs.progress(lease, stage="parsing", pages_done=0, pages_total=0, chunks_done=0, timings={})
+    with pytest.raises(LostJob):
+        jobs.heartbeat(lease)
+    again = jobs.claim("w2")
+    assert again is not None and again.token > lease.token
+
+
+def test_a_publish_is_refused_after_a_delete_or_a_later_version(registry: Registry, tmp_path: Path) -> None:
+    versions = Versions(registry, Store())  # type: ignore[arg-type]
+    doc = tmp_path / "a.md"
+    new_version(versions, doc, "one")
+    doc.write_text("two")
+    v2 = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[]).version
+    doc.write_text("three")
+    v3 = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[]).version
+    versions.publish("kb", "a.md", v3, title="t", pages=None, chunks=1, timings={})
+    with pytest.raises(Superseded):
+        versions.publish("kb", "a.md", v2, title="t", pages=None, chunks=1, timings={})
+    doc.write_text("four")
+    v4 = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[]).version
+    assert registry.mark_deleted("kb", "a.md")
+    with pytest.raises(DocumentDeletedMeanwhile):
+        versions.publish("kb", "a.md", v4, title="t", pages=None, chunks=1, timings={})
+    current = registry.document("kb", "a.md")
+    assert current is not None and (current.status, current.current_version) == ("deleted", v3)
+    # A version begun after the delete brings the document back.
+    doc.write_text("five")
+    v5 = versions.begin("kb", "a.md", doc, acl_groups=[], tags=[]).version
+    versions.publish("kb", "a.md", v5, title="t", pages=None, chunks=1, timings={})
+    assert registry.current_version("kb", "a.md").version == v5  # type: ignore[union-attr]
+
+
+def test_an_id_of_another_origin_is_a_conflict_unless_named(registry: Registry, tmp_path: Path) -> None:
+    versions = Versions(registry, Store())  # type: ignore[arg-type]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "policy.md", tmp_path / "b" / "policy.md"
+    first.write_text("A's policy")
+    second.write_text("B's policy")
+    begun = versions.begin("kb", "policy.md", first, acl_groups=[], tags=[], origin=str(first), replace=False)
+    versions.publish("kb", "policy.md", begun.version, title="t", pages=None, chunks=1, timings={})
+    with pytest.raises(DocIdConflict):
+        versions.begin("kb", "policy.md", second, acl_groups=[], tags=[], origin=str(second), replace=False)
+    first.write_text("A's policy, revised")  # the same origin updates it
+    assert not versions.begin(
+        "kb", "policy.md", first, acl_groups=[], tags=[], origin=str(first), replace=False
+    ).unchanged
+    named = versions.begin("kb", "policy.md", second, acl_groups=[], tags=[], origin=str(second), replace=True)
+    assert not named.unchanged
+
+
+def test_max_attempts_fails_a_file_that_keeps_crashing_its_worker(registry: Registry, tmp_path: Path) -> None:
+    jobs = JobStore(registry)
+    job_id = jobs.create("kb", [JobFile("bad.tif", "bad.tif"), JobFile("ok.md", "ok.md")], acl_groups=None, tags=None)
+    for _ in range(2):
+        lease = jobs.claim("w")
+        assert lease is not None
+        jobs.start_item(lease, 0, path="bad.tif")
+        taken = jobs.requeue(lease, max_attempts=2)  # the worker died on bad.tif
+        assert taken is not None
+    assert taken.crashed == ["bad.tif"]
+    view = jobs.get(job_id)
+    assert view is not None and view.job.state == "queued"
+    assert [(i.status, i.error_code, i.attempts) for i in view.items] == [
+        ("failed", "worker_crashed", 2), ("queued", "", 0),
+    ]  # fmt: skip
+    assert [i.doc_id for i in jobs.pending_items(job_id)] == ["ok.md"]
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_by_flag(registry: Registry) -> None:
+    jobs = JobStore(registry)
+    queued = jobs.create("kb", [JobFile("a.md", "a.md")], acl_groups=None, tags=None)
+    assert jobs.cancel(queued) == "cancelled"
+    assert jobs.claim("w") is None
+    view = jobs.get(queued)
+    assert view is not None and [i.status for i in view.items] == ["cancelled"]
+    running = jobs.create("kb", [JobFile("b.md", "b.md"), JobFile("c.md", "c.md")], acl_groups=None, tags=None)
+    lease = jobs.claim("w")
+    assert lease is not None and lease.job_id == running
+    assert jobs.start_item(lease, 0, path="b.md") is False
+    assert jobs.cancel(running) == "cancelling"
+    assert jobs.heartbeat(lease) is True
+    jobs.finish_item(lease, 0, status="indexed", version=1, pages=None, chunks=1)
+    assert jobs.finish(lease) == "cancelled"
+    view = jobs.get(running)
+    assert view is not None and [i.status for i in view.items] == ["indexed", "cancelled"]
+    assert jobs.cancel(running) == "cancelled"
+    assert jobs.cancel("0" * 32) is None
 
 
 def test_a_scheduled_purge_removes_what_is_due_and_says_when_the_rest_comes_due(
@@ -153,3 +264,52 @@ def test_a_scheduled_purge_removes_what_is_due_and_says_when_the_rest_comes_due(
     assert versions.purge_scheduled() is None  # both were due: nothing left to wait for
     assert sorted(store.deleted) == [("kb", "a.md", 1), ("kb", "b.md", 1)] and store.flushed == ["kb"]
     assert registry.hidden_versions("kb") == []
+
+
+def test_two_workers_process_every_job_exactly_once(registry: Registry, tmp_path: Path) -> None:
+    """20 small jobs, two workers claiming at once (FOR UPDATE SKIP LOCKED on PostgreSQL, one writer at a
+    time on SQLite): every file is begun, published and recorded exactly once."""
+    store = Store()
+    versions = Versions(registry, store)  # type: ignore[arg-type]
+    jobs = JobStore(registry)
+    ids = []
+    for n in range(20):
+        path = tmp_path / f"doc{n}.md"
+        path.write_text(f"document {n}")
+        files = [JobFile(str(path), f"doc{n}.md", origin=str(path))]
+        ids.append(jobs.create("kb", files, acl_groups=None, tags=None))
+    claimed: dict[str, list[str]] = {"w1": [], "w2": []}
+    begun: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        try:
+            start.wait()
+            while (lease := jobs.claim(name)) is not None:
+                claimed[name].append(lease.job_id)
+                for item in jobs.pending_items(lease.job_id):
+                    jobs.start_item(lease, item.ordinal, path=item.path)
+                    b = versions.begin("kb", item.doc_id, Path(item.path), acl_groups=[], tags=[], lease=lease,
+                                       origin=item.origin, replace=False)  # fmt: skip
+                    begun.append(item.doc_id)
+                    versions.publish("kb", item.doc_id, b.version, title="t", pages=None, chunks=1, timings={},
+                                     lease=lease)  # fmt: skip
+                    jobs.finish_item(lease, item.ordinal, status="indexed", version=b.version, pages=None, chunks=1)
+                jobs.finish(lease)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(claimed["w1"] + claimed["w2"]) == sorted(ids)  # each job claimed once
+    assert sorted(begun) == sorted(f"doc{n}.md" for n in range(20))  # each file begun once
+    for n in range(20):
+        assert [(v.version, v.status) for v in registry.versions("kb", f"doc{n}.md")] == [(1, "ready")]
+    for job_id in ids:
+        view = jobs.get(job_id)
+        assert view is not None and view.job.state == "done" and view.job.attempts == 1
