@@ -91,7 +91,11 @@ def test_queries_see_exactly_one_version_while_a_document_is_replaced(container:
         for n in range(2, 5):
             f.write_text(version_text(n))
             assert container.ingest.ingest_file(f, doc_id=doc_id, kb=kb).status == "indexed"
-            container.versions.purge(kb, grace_s=0)  # at once, while the reader runs
+            # Purged while the reader runs, once the grace period has passed: a reader that looked up the
+            # hidden versions just before the switch may still be searching for the old one until then (with
+            # no grace at all, it would find nothing: the reason the grace period exists).
+            time.sleep(1.2)
+            container.versions.purge(kb, grace_s=1.0)
     finally:
         stop.set()
         thread.join()
