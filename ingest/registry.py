@@ -36,6 +36,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -414,8 +416,7 @@ class Registry:
             else:
                 row = session.get(KnowledgeBaseRow, kb)
                 if row is None and KB_NAME.match(kb):
-                    row = KnowledgeBaseRow(name=kb, description="", default_groups=[], created_at=now())
-                    session.add(row)
+                    row, _ = _ensure_knowledge_base(session, kb, description="", default_groups=[])
                 groups, labels = (list(row.default_groups) if row is not None else []), []
         return (groups if acl_groups is None else list(acl_groups), labels if tags is None else list(tags))
 
@@ -509,13 +510,9 @@ class Registry:
     ) -> tuple[KnowledgeBase, bool]:
         """The knowledge base `name`, and whether this call created it (an existing one is left as is)."""
         with self.session() as session:
-            row = session.get(KnowledgeBaseRow, name)
-            created = row is None
-            if row is None:
-                row = KnowledgeBaseRow(
-                    name=name, description=description, default_groups=list(default_groups or []), created_at=now()
-                )
-                session.add(row)
+            row, created = _ensure_knowledge_base(
+                session, name, description=description, default_groups=list(default_groups or [])
+            )
             return KnowledgeBase.of(row), created
 
     def update_knowledge_base(
@@ -710,6 +707,22 @@ class Registry:
                 select(PendingAccessRow.doc_id, PendingAccessRow.acl_groups).where(PendingAccessRow.kb == kb)
             ).all()
         return {doc_id: list(groups or []) for doc_id, groups in rows}
+
+
+def _ensure_knowledge_base(
+    session: Session, name: str, *, description: str, default_groups: list[str]
+) -> tuple[KnowledgeBaseRow, bool]:
+    """The row of knowledge base `name`, inserted unless it exists, and whether this call inserted it.
+
+    INSERT ... ON CONFLICT DO NOTHING rather than read-then-insert: two workers starting the first jobs
+    of a new knowledge base at once would otherwise both insert, and one would fail on the primary key."""
+    values = {"name": name, "description": description, "default_groups": default_groups, "created_at": now()}
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    result = session.execute(insert(KnowledgeBaseRow).values(**values).on_conflict_do_nothing())
+    row = session.get(KnowledgeBaseRow, name, populate_existing=True)
+    assert row is not None  # inserted now, or by whoever won the race
+    return row, bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def as_utc(moment: datetime) -> datetime:
