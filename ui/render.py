@@ -50,16 +50,20 @@ def highlight(text: str, question: str) -> str:
     terms = question_terms(question)
     if not terms:
         return esc(text)
-    pattern = re.compile("|".join(re.escape(term) for term in terms), re.IGNORECASE)
+    # Every character any term covers (terms overlap: Chinese bigrams do), then one <mark> per run. Matched
+    # on the raw text and escaped piece by piece: matching escaped text would find words inside entities
+    # ("amp" in "&amp;") and break them.
+    covered = [False] * len(text)
+    for match in re.finditer("|".join(f"(?=({re.escape(term)}))" for term in terms), text, re.IGNORECASE):
+        length = max(len(group) for group in match.groups() if group)
+        covered[match.start() : match.start() + length] = [True] * length
     out: list[str] = []
-    last = 0
-    # Matched on the raw text and escaped piece by piece: matching escaped text would find words inside
-    # entities ("amp" in "&amp;") and break them.
-    for match in pattern.finditer(text):
-        out.append(esc(text[last : match.start()]))
-        out.append(f"<mark>{esc(match.group())}</mark>")
-        last = match.end()
-    out.append(esc(text[last:]))
+    start = 0
+    for at in range(1, len(text) + 1):
+        if at == len(text) or covered[at] != covered[start]:
+            piece = esc(text[start:at])
+            out.append(f"<mark>{piece}</mark>" if covered[start] else piece)
+            start = at
     return "".join(out)
 
 

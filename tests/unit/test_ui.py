@@ -35,7 +35,8 @@ def test_highlight_marks_question_words_without_breaking_entities() -> None:
     )
     assert question_terms("How many days of annual leave do new employees get?") == ["employees", "annual", "leave",
                                                                                       "days"]  # fmt: skip
-    assert "<mark>年假</mark>" in highlight("新员工有十五天年假。", "新员工有几天年假？")
+    assert highlight("新员工有十五天年假。", "新员工有几天年假？") == "<mark>新员工</mark>有十五<mark>天年假</mark>。"
+    assert highlight("", "leave") == ""
 
 
 def test_uncited_sentences_are_marked_and_line_breaks_kept() -> None:
