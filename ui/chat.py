@@ -67,11 +67,13 @@ def _text(content: Any) -> str:
 def build_chat(config: UiConfig, labels: Labels, session_state: gr.State, lang_state: gr.State) -> ChatTab:
     with gr.Row():
         kb = labels.add(gr.Dropdown(choices=[], label=t("en", "chat.kb"), elem_id="kb-kb", scale=1), label="chat.kb")
-        new = labels.add(gr.Button(t("en", "chat.new"), elem_id="kb-new", scale=0, min_width=180), value="chat.new")
+        new = labels.add(
+            gr.Button(t("en", "chat.new"), elem_id="kb-new", scale=0, min_width=180, size="md"), value="chat.new"
+        )
     no_kb = gr.HTML("", elem_id="kb-no-kb")
     chatbot = labels.add(
         gr.Chatbot(
-            label=t("en", "chat.conversation"), height=520, elem_id="kb-chat", sanitize_html=True,
+            label=t("en", "chat.conversation"), height="70vh", min_height=420, elem_id="kb-chat", sanitize_html=True,
             render_markdown=True, latex_delimiters=[], allow_tags=False, feedback_options=("Like", "Dislike"),
             buttons=["copy"], layout="panel",
         ),

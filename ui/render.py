@@ -54,7 +54,9 @@ def highlight(text: str, question: str) -> str:
     # on the raw text and escaped piece by piece: matching escaped text would find words inside entities
     # ("amp" in "&amp;") and break them.
     covered = [False] * len(text)
-    for match in re.finditer("|".join(f"(?=({re.escape(term)}))" for term in terms), text, re.IGNORECASE):
+    # A Latin word matches at a word's start ("serve" in "serves", not in "observes").
+    alternatives = [f"(?=({'(?<![A-Za-z0-9])' if term[0].isascii() else ''}{re.escape(term)}))" for term in terms]
+    for match in re.finditer("|".join(alternatives), text, re.IGNORECASE):
         length = max(len(group) for group in match.groups() if group)
         covered[match.start() : match.start() + length] = [True] * length
     out: list[str] = []

@@ -37,6 +37,7 @@ def test_highlight_marks_question_words_without_breaking_entities() -> None:
                                                                                       "days"]  # fmt: skip
     assert highlight("新员工有十五天年假。", "新员工有几天年假？") == "<mark>新员工</mark>有十五<mark>天年假</mark>。"
     assert highlight("", "leave") == ""
+    assert highlight("It observes and serves.", "serve") == "It observes and <mark>serve</mark>s."
 
 
 def test_uncited_sentences_are_marked_and_line_breaks_kept() -> None:
