@@ -16,7 +16,7 @@ from ui.session import Labels, Session, UiConfig
 
 # Seconds between two screen updates while an answer streams: a fast model sends tokens quicker than a
 # browser needs to see them, and every update is a message to the browser.
-_REFRESH_S = 0.05
+_REFRESH_S = 0.08
 
 
 @dataclass

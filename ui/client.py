@@ -1,14 +1,18 @@
 """The web app's HTTP client for the kb API: every call carries the signed-in user's own key.
 
 Async throughout, so that a Gradio handler waiting on the API (a streamed answer, an upload) never blocks
-the event loop that serves the other sessions. A client is cheap: one per call, with the transport as a
-seam for unit tests (httpx.MockTransport).
+the event loop that serves the other sessions. The sessions share one connection pool per event loop:
+building an httpx client loads the CA bundle (tens of milliseconds of CPU on the loop), which twenty
+sessions asking at once would pay twenty times. The transport is a seam for unit tests
+(httpx.MockTransport).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import mimetypes
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -101,25 +105,59 @@ def _error_of(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, code, message)
 
 
+class Pool:
+    """One httpx client per event loop (a client is bound to the loop it first ran on), shared by the
+    sessions; it carries no key, each request brings its own."""
+
+    def __init__(self, *, max_connections: int = 200) -> None:
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=64)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(limits=self._limits, timeout=None)
+            self._clients[loop] = client
+        return client
+
+
+_SHARED = Pool()
+
+
 class KbClient:
     def __init__(
-        self, api_url: str, key: str, *, timeout_s: float = 180.0, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+        self, api_url: str, key: str, *, timeout_s: float = 180.0, transport: httpx.AsyncBaseTransport | None = None,
+        pool: Pool | None = None,
+    ) -> None:  # fmt: skip
         self._base = api_url.rstrip("/")
         self._key = key
         self._timeout = httpx.Timeout(timeout_s, connect=10.0)
         self._transport = transport
+        self._pool = pool or _SHARED
 
-    def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self._base, headers={"Authorization": f"Bearer {self._key}"}, timeout=self._timeout,
-            transport=self._transport,
-        )  # fmt: skip
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._transport is not None:
+            async with httpx.AsyncClient(transport=self._transport) as own:
+                yield own
+        else:
+            yield self._pool.client()
+
+    def _url(self, path: str) -> str:
+        return self._base + path
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key}"}
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             async with self._client() as client:
-                response = await client.request(method, path, **kwargs)
+                response = await client.request(
+                    method, self._url(path), headers=self._headers(), timeout=self._timeout, **kwargs
+                )
         except httpx.HTTPError as exc:
             raise Unreachable(str(exc) or type(exc).__name__) from exc
         if response.status_code >= 400:
@@ -139,7 +177,12 @@ class KbClient:
         """(event, data) pairs of `POST /ask` with "stream": true: token…, citations, done (or error)."""
         payload = {"question": question, "kb": kb, "history": list(history), "stream": True}
         try:
-            async with self._client() as client, aconnect_sse(client, "POST", "/ask", json=payload) as source:
+            async with (
+                self._client() as client,
+                aconnect_sse(
+                    client, "POST", self._url("/ask"), json=payload, headers=self._headers(), timeout=self._timeout
+                ) as source,
+            ):
                 if source.response.status_code >= 400:
                     await source.response.aread()
                     raise _error_of(source.response)
@@ -220,7 +263,13 @@ class KbClient:
         try:
             async with (
                 self._client() as client,
-                client.stream("GET", f"/documents/{_path_part(doc_id)}/file", params={"kb": kb}) as response,
+                client.stream(
+                    "GET",
+                    self._url(f"/documents/{_path_part(doc_id)}/file"),
+                    params={"kb": kb},
+                    headers=self._headers(),
+                    timeout=self._timeout,
+                ) as response,
             ):
                 if response.status_code >= 400:
                     await response.aread()

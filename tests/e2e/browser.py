@@ -40,6 +40,20 @@ WATCH_ANSWER = """() => {
   obs.observe(chat, {subtree: true, childList: true, characterData: true});
 }"""
 
+# Sends the question already typed at a given moment (ms since the epoch, the same clock in every tab), so
+# that many sessions click together however long the test takes to reach each tab; each session's clock
+# starts at its own click.
+SEND_AT = """(at) => setTimeout(() => {
+  window.__kbWatch.start = Date.now();
+  document.querySelector('#kb-send').click();
+}, Math.max(0, at - Date.now()))"""
+
+
+def send_together(pages: list[Any], lead_ms: int = 3000) -> None:
+    at = pages[0].evaluate("() => Date.now()") + lead_ms + 150 * len(pages)
+    for page in pages:
+        page.evaluate(SEND_AT, at)
+
 
 def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
