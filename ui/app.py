@@ -25,7 +25,7 @@ DEFAULT_CONCURRENCY = 64
 
 CSS = """
 #kb-header { align-items: center; }
-#kb-header h2 { margin: 0; }
+#kb-header h2 { margin: 0; white-space: nowrap; font-size: 1.35em; }
 #kb-signin { max-width: 560px; margin: 48px auto; }
 .kb-note { padding: 8px 12px; border-radius: 6px; margin: 4px 0; }
 .kb-note-error { background: #fdecea; color: #8a1c12; border: 1px solid #f5c2bd; }

@@ -134,8 +134,10 @@ def build_chat(config: UiConfig, labels: Labels, session_state: gr.State, lang_s
         try:
             async for name, data in config.client(session).ask_stream(text, kb=kb_name, history=history):
                 if name == "token":
+                    first = not streamed
                     streamed += str(data.get("text", ""))
-                    if time.monotonic() - last >= _REFRESH_S:
+                    # The first token shows at once; later ones at most every _REFRESH_S.
+                    if first or time.monotonic() - last >= _REFRESH_S:
                         last = time.monotonic()
                         chat = [*chat[:-1], {"role": "assistant", "content": render.streaming_html(streamed)}]
                         yield [gr.skip(), chat, gr.skip(), gr.skip()]

@@ -281,4 +281,4 @@ def test_twenty_sessions_stream_side_by_side(servers: Servers) -> None:
     print(report)
     # Answers run one after another would put the last first token some 28 s (19 answers) after the first.
     # The slack is for twenty Chromium tabs sharing a small, busy machine with the servers.
-    assert ttft[-1] <= 2 * ttft[0] + 2.0, report
+    assert ttft[-1] <= 2 * ttft[0] + 3.0, report
