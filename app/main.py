@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.router.routes.append(Route("/mcp", endpoint=mcp.app, include_in_schema=False))
 
     if settings.api.ui_enabled:
-        from ui.chat import mount_ui
+        from ui.app import mount_ui
 
         mount_ui(app, api_url=settings.api_url, path="/ui", max_file_size=upload_bytes)
     return app

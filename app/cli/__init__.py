@@ -26,6 +26,7 @@ from app.cli import (  # noqa: F401  (registers commands)
     mcp,
     query,
     serve,
+    ui,
 )
 from app.cli._common import cli
 

@@ -197,15 +197,16 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{stack.url}/ui/", wait_until="networkidle")
+            page.goto(f"{stack.url}/ui/")
             page.locator("#kb-key input").fill(stack.key)
+            page.locator("#kb-signin-button").click()
             box = page.locator("#kb-question textarea")
             box.fill("How many days of annual leave do new employees get?")
             box.press("Enter")
-            # The answer arrives in the conversation and the cited sources are listed below it.
-            expect(page.locator("#kb-sources")).to_contain_text("Leave Policy", timeout=180_000)
+            # The answer arrives in the conversation with its sources as cards below it.
+            expect(page.locator("#kb-chat .kb-card").first).to_contain_text("Leave Policy", timeout=180_000)
             expect(page.locator("#kb-chat")).to_contain_text("annual leave", timeout=10_000)
-            expect(page.locator("#kb-sources")).to_contain_text("leave-policy.md")
+            expect(page.locator("#kb-chat .kb-card-doc").first).to_have_text("leave-policy.md")
             page.screenshot(path=str(stack.home / "ui.png"))
         finally:
             browser.close()

@@ -56,12 +56,9 @@ def test_chinese_sentences_are_checked_one_by_one() -> None:
 
 
 def test_the_chat_ui_flags_sentences_that_cite_nothing() -> None:
-    from ui.chat import format_sources
+    from ui.render import answer_html
 
     check = check_citations("Leave is 15 days [1]. Staff may carry over five days.", n_sources=1)
-    source = {"index": 1, "title": "Leave", "page": 2, "doc_id": "leave.md", "chunk_id": "c1", "snippet": "15 days"}
-    shown = format_sources(
-        {"citations": [source], "sources": [source], "sentences": [s.model_dump() for s in check.sentences]}
-    )
-    assert "Not backed by a cited source" in shown and "Staff may carry over five days." in shown
-    assert "Leave is 15 days" not in shown.split("Cited sources")[0]
+    shown = answer_html(check.text, [s.model_dump() for s in check.sentences], "en")
+    assert 'class="kb-uncited"' in shown and ">Staff may carry over five days.</span>" in shown
+    assert "Leave is 15 days [1]." in shown.split('<span class="kb-uncited"')[0]
