@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
-from openai import APIConnectionError, APIStatusError, AsyncOpenAI, AsyncStream, Timeout
+from openai import APIConnectionError, APIError, APIStatusError, AsyncOpenAI, AsyncStream, Timeout
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
@@ -142,6 +142,8 @@ class OpenAIGenerator:
             raise GeneratorUnavailable(f"model server unavailable: {exc}") from exc
         except APIStatusError as exc:
             raise GeneratorUnavailable(f"model server error {exc.status_code}: {exc.message}") from exc
+        except APIError as exc:  # an error event inside the stream (the server failed mid-answer)
+            raise GeneratorUnavailable(f"model server error: {exc.message}") from exc
 
     async def ready(self) -> bool:
         """True when the server answers /models and lists the configured model."""

@@ -106,6 +106,8 @@ class Generation:
     proxy: RecordingProxy
     client: TestClient
     settings: Settings
+    # An admin's headers: /readyz names its components to admins only.
+    admin: dict[str, str]
 
     def vllm_requests(self) -> float:
         """Requests vLLM itself finished, from its Prometheus counters."""
@@ -139,10 +141,14 @@ def gen(llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         container = Container(settings)
         results = container.ingest.ingest_paths([DATA], kb="default", acl_groups=["staff"])
         assert all(r.status == "indexed" for r in results), results
-        key = container.keys.create(name="employee", role=Role.employee, groups=["staff"], kbs=["default"])
+        key = container.keys.create(name="employee", role=Role.employee, groups=["staff"], kbs=["default", "empty_kb"])
         headers = {"Authorization": f"Bearer {key.secret}"}
+        admin = container.keys.create(name="admin", role=Role.admin, kbs=["*"])
         with TestClient(create_app(settings, container), headers=headers) as client:
-            yield Generation(llm=llm_server, proxy=proxy, client=client, settings=settings)
+            yield Generation(
+                llm=llm_server, proxy=proxy, client=client, settings=settings,
+                admin={"Authorization": f"Bearer {admin.secret}"},
+            )  # fmt: skip
     finally:
         proxy.stop()
 
@@ -305,9 +311,9 @@ def test_connection_errors_are_retried_until_the_server_is_back(gen: Generation)
 
 def test_model_server_down_gives_degraded_answers_within_the_timeout(gen: Generation) -> None:
     """Runs last: stops the vLLM the module started."""
-    assert gen.client.get("/readyz").json()["components"]["llm"] == "up"
+    assert gen.client.get("/readyz", headers=gen.admin).json()["components"]["llm"] == "up"
     gen.llm.stop()
-    ready = gen.client.get("/readyz").json()
+    ready = gen.client.get("/readyz", headers=gen.admin).json()
     assert ready["components"]["llm"] == "down" and ready["status"] == "degraded"
 
     t = time.monotonic()
