@@ -128,7 +128,7 @@ class IngestSettings(BaseModel):
     job_stale_after_s: float = Field(60.0, ge=5)
     # A file is started at most this many times: one that takes its worker down (killed, out of memory)
     # on every start is then failed (`worker_crashed`) and the job goes on without it.
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(2, ge=1, le=100)
     # The most pixels one image frame or one rendered PDF page may have; a file over it fails (`too_large`)
     # instead of taking the process's memory (40 megapixels: an A4 page at 600 dpi is 35).
     max_image_pixels: int = Field(40_000_000, ge=1_000_000)

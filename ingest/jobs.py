@@ -277,7 +277,7 @@ class JobStore:
             return True
         return heartbeat_at is None or now() - as_utc(heartbeat_at) > self._stale
 
-    def requeue(self, lease: Lease, *, max_attempts: int = 3, error: str = "") -> Requeued | None:
+    def requeue(self, lease: Lease, *, max_attempts: int = 2, error: str = "") -> Requeued | None:
         """Take a job back from the worker that held it with `lease` (it died or stalled): a new token
         fences that worker out, the versions it had begun are retired, and the job is queued again, to
         resume after its finished files. A file that was running has crashed its worker once more: after

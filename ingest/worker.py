@@ -37,7 +37,7 @@ class JobWorker:
         poll_s: float = 1.0,
         heartbeat_s: float = 5.0,
         progress_every_s: float = 0.5,
-        max_attempts: int = 3,
+        max_attempts: int = 2,
     ) -> None:
         self._jobs = jobs
         self._pipeline = pipeline
