@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -346,4 +347,72 @@ def test_an_api_killed_mid_job_finishes_the_job_when_it_comes_back(tmp_path: Pat
                 assert time.monotonic() < deadline, "the restarted API did not purge"
                 time.sleep(0.2)
         assert_resumed_without_duplicates_or_orphans(container, job_id)
+        container.store.close()
+
+
+def test_an_api_killed_mid_upload_leaves_nothing_half_done_and_takes_the_upload_again(tmp_path: Path) -> None:
+    """kill -9 of `kb serve` while a multipart upload is still arriving: no job, no document, no chunk comes
+    of it; the restarted API takes the same upload whole and indexes it."""
+    from app.auth.roles import Role
+    from tests.api_process import api_process
+    from tests.api_process import shared_home as api_home
+
+    boundary = "kbcrashtestboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="kb"\r\n\r\ndefault\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="groups"\r\n\r\nstaff\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="dock.md"\r\n'
+        "Content-Type: text/markdown\r\n\r\n"
+    ).encode()
+    text = ("# Loading dock\n\n" + "The loading dock closes at five in the afternoon. " * 400 + "\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    sent = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield head
+        for i in range(0, len(text), 1000):
+            yield text[i : i + 1000]
+            if i >= 4000:
+                sent.set()  # part of the file is on the server; the rest never comes
+                time.sleep(0.5)
+        yield tail
+
+    with api_home(tmp_path / "var", tmp_path / "models", KB_INGEST__WORKER_IN_API="true") as kb_home:
+        container = Container(kb_home.settings)
+        editor = container.keys.create(name="editor", role=Role.editor, groups=["staff"], kbs=["default"])
+        headers = {
+            "Authorization": f"Bearer {editor.secret}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        }
+        with api_process(kb_home) as api:
+            failures: list[BaseException] = []
+
+            def upload() -> None:
+                try:
+                    httpx.post(f"{api.url}/documents", content=slow_body(), headers=headers, timeout=60)
+                except httpx.HTTPError as exc:  # the server is killed under it: expected
+                    failures.append(exc)
+
+            thread = threading.Thread(target=upload)
+            thread.start()
+            assert sent.wait(60), "the upload never started"
+            os.kill(api.proc.pid, signal.SIGKILL)
+            api.proc.wait(timeout=30)
+            thread.join(timeout=60)
+        assert failures, "the upload should have been cut off by the kill"
+        assert container.jobs.recent() == [] and container.registry.documents("default") == []
+        assert container.store.count("default") == 0
+
+        with api_process(kb_home) as api:
+            r = httpx.post(f"{api.url}/documents", content=head + text + tail, headers=headers, timeout=60)
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            deadline = time.monotonic() + 300
+            while not (info := container.documents.job(job_id)) or not info.finished:
+                assert time.monotonic() < deadline, "the restarted API did not index the upload"
+                time.sleep(0.5)
+        assert [d.status for d in info.documents] == ["indexed"]
+        current = container.registry.current_version("default", "dock.md")
+        assert current is not None and current.status == "ready"
+        assert container.store.count("default") == current.chunk_count > 0
         container.store.close()
