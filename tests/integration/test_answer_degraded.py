@@ -21,7 +21,10 @@ def service(container: Container) -> AnswerService:
         base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="EMPTY", model="kb-llm",
         max_tokens=64, temperature=0.0, timeout_s=5.0, retries=1,
     )  # fmt: skip
-    return AnswerService(query=container.query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=True)
+    return AnswerService(
+        query=container.query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=True,
+        support=container.support,
+    )  # fmt: skip
 
 
 def test_answer_is_degraded_to_passages_when_the_model_is_down(demo_home: Container) -> None:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import pytest
 
 from app.answering import AnswerService, Question
-from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds
+from core.types import Access, Answer, AnswerMode, ChatMessage, Chunk, RelevanceThresholds
 from retrieval.condense import Condenser
 from retrieval.pipeline import QueryPipeline
 from serving.prompts import PromptBook
 from tests.conftest import ALL, EVERYTHING
 from tests.fakes import FakeEmbedder, FakeGenerator, FakeReranker, FakeVectorStore
 from tests.fakes.generator import Failure, Reply
+from tests.support_scorer import support_scorer
 
 REFUSAL_EN = "Not found in the knowledge base."
 REFUSAL_ZH = "知识库中没有找到相关内容。"
@@ -59,7 +60,7 @@ class Kb:
 def make_kb(
     *replies: Reply, fail: Failure = "never", fail_after: int = 1, citation_guard: bool = True,
     thresholds: RelevanceThresholds | None = None, hidden: Sequence[tuple[str, int]] = (("parking.md", 1),),
-    condense: bool = False, corpus: bool = True, top_k: int = 3,
+    condense: bool = False, corpus: bool = True, top_k: int = 3, mode: AnswerMode = "generative",
 ) -> Kb:  # fmt: skip
     embedder = FakeEmbedder()
     store = FakeVectorStore(dimension=embedder.dimension)
@@ -78,7 +79,7 @@ def make_kb(
     condenser = Condenser(generator, PromptBook().template("condense.j2")) if condense else None
     service = AnswerService(
         query=query, generator=generator, prompts=PromptBook(), top_k=top_k, citation_guard=citation_guard,
-        condenser=condenser,
+        support=support_scorer(embedder), answer_mode=mode, condenser=condenser,
     )  # fmt: skip
     return Kb(service, generator, store, embedder)
 
@@ -237,9 +238,12 @@ def test_generator_down_gives_a_degraded_answer_from_the_sources() -> None:
     answer = ask(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert len(kb.generator.calls) == 1
     assert answer.degraded and not answer.refused and "unavailable" in answer.message
-    assert answer.sources and answer.citations == answer.sources
-    assert answer.answer.startswith(f"[1] {answer.sources[0].title}: {answer.sources[0].snippet}")
-    assert "leave-policy.md" in {s.doc_id for s in answer.sources}
+    # Still an answer: the sentence of the sources that states the fact, quoted with its citation.
+    assert answer.extractive and answer.grounded
+    assert answer.answer == "New employees get 20 days of paid annual leave per year [1]."
+    assert [c.doc_id for c in answer.citations] == ["leave-policy.md"] and answer.citations[0] in answer.sources
+    (evidence,) = answer.citations[0].evidence
+    assert answer.citations[0].text[evidence.start : evidence.end] == evidence.text == LEAVE
 
 
 def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
@@ -248,8 +252,9 @@ def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
     assert names(events) == ["token", "citations", "done"]
     citations, done = payload(events, "citations"), payload(events, "done")
     assert done["degraded"] is True and done["refused"] is False and "unavailable" in str(done["message"])
-    assert citations["citations"] == citations["sources"] and "leave-policy.md" in docs(citations["sources"])
-    assert str(events[0][1]["text"]).startswith("[1] ")
+    assert done["extractive"] is True and citations["extractive"] is True
+    assert docs(citations["citations"]) == ["leave-policy.md"] and "leave-policy.md" in docs(citations["sources"])
+    assert events[0][1]["text"] == citations["answer"] == "New employees get 20 days of paid annual leave per year [1]."
     assert len(kb.generator.calls) == 1 and kb.generator.calls[0].streamed
 
 
