@@ -93,8 +93,8 @@ class LLMSettings(BaseModel):
     # A sentence is grounded when its support (serving/support.py) reaches the threshold: `support_threshold`
     # where the embedder understands the sentence's language (lexical overlap and cosine averaged),
     # `lexical_support_threshold` elsewhere. Calibrated with `kb eval support` on XQuAD (docs/BENCHMARKS.md).
-    support_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    lexical_support_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    support_threshold: float = Field(0.67, ge=0.0, le=1.0)
+    lexical_support_threshold: float = Field(0.62, ge=0.0, le=1.0)
     extractive_sentences: int = Field(3, ge=1, le=10)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     timeout_s: float = Field(60.0, gt=0)

@@ -24,7 +24,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from core.procs import free_port, pid_alive, port_open
-from tests.conftest import DATA
+from tests.conftest import DATA, ROOT
 from tests.e2e.conftest import LLM_PYTHON, MODELS_DIR, require_llm
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "KB_LLM__PYTHON": str(LLM_PYTHON),
         "KB_INGEST__DEMO_DIR": str(DATA),
         "HF_HUB_OFFLINE": "1",
+        # The `kb` script imports the installed checkout's code; this one is the code under test.
+        "PYTHONPATH": str(ROOT),
     }
     log = home / "kb-up.log"
     with log.open("wb") as out:
@@ -147,6 +149,35 @@ def test_cli_ask_shares_the_running_stack(stack: Stack) -> None:
     assert answer["sources"][0]["doc_id"] == "leave-policy.md"
     assert answer["sources"][0]["title"] == "Leave Policy"
     assert not answer["degraded"]
+
+
+# The README's demo questions, and the fact each answer must state.
+DEMO_FACTS = [
+    ("How many days of annual leave do new employees get?", "leave-policy.md", "15 days"),
+    ("报销需要在多少天内提交？", "expense-policy-zh.md", "30天"),
+]
+
+
+@pytest.mark.parametrize(("question", "doc_id", "fact"), DEMO_FACTS)
+def test_cli_ask_states_the_fact_with_a_supported_citation(stack: Stack, question: str, doc_id: str, fact: str) -> None:
+    out = subprocess.run(
+        [KB, "ask", "--json", question], env=stack.env, cwd=stack.home, capture_output=True, timeout=300, check=False
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    answer = json.loads(out.stdout)
+    assert not answer["degraded"] and not answer["refused"], answer
+    assert fact in answer["answer"], answer["answer"]
+    # A sentence that states the fact, supported by the passage it cites, which comes from the right document.
+    sources = {s["index"]: s for s in answer["sources"]}
+    stating = [s for s in answer["sentences"] if fact in s["text"]]
+    assert any(s["grounded"] and any(sources[n]["doc_id"] == doc_id for n in s["citations"]) for s in stating), answer
+    cited = next(c for c in answer["citations"] if c["doc_id"] == doc_id)
+    assert any(fact in e["text"] for e in cited["evidence"]), cited
+    # The human-readable output states it too.
+    plain = subprocess.run(
+        [KB, "ask", question], env=stack.env, cwd=stack.home, capture_output=True, timeout=300, check=False
+    )  # fmt: skip
+    assert plain.returncode == 0 and fact in plain.stdout.decode(), plain.stdout.decode()
 
 
 def test_search_endpoint_and_cli(stack: Stack) -> None:
@@ -233,9 +264,12 @@ def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
     assert isinstance(cited, list) and cited, citations
     source_ids = {s["index"]: s["chunk_id"] for s in sources}
     assert [(c["index"], c["chunk_id"]) for c in cited] == [(c["index"], source_ids[c["index"]]) for c in cited]
-    assert all(f"[{c['index']}]" in streamed for c in cited)
+    # The markers are in the answer's text: the streamed one, or the extractive answer that replaces it when
+    # the model's text carried no supported claim.
+    text = str(citations["answer"]) if citations["extractive"] else streamed
+    assert all(f"[{c['index']}]" in text for c in cited)
     done = events[-1][1]
-    assert done["refused"] is False and done["degraded"] is False
+    assert done["refused"] is False and done["degraded"] is False and done["extractive"] is citations["extractive"]
     usage, timings = done["usage"], done["timings"]
     assert isinstance(usage, dict) and usage["completion_tokens"] > 0
     assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]
