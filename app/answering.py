@@ -180,9 +180,7 @@ class AnswerService:
             started=started,
             retrieval=retrieval,
             refusal=refusal,
-            messages=self._messages(question, retrieval.sources, language)
-            if retrieval.sources and mode != "extractive"
-            else [],
+            messages=self._messages(question, retrieval.sources, language) if retrieval.sources else [],
             pattern=citation_pattern(len(retrieval.sources), refusal, language) if guard else None,
             timings=dict(retrieval.timings),
             question=question.text,

@@ -89,7 +89,7 @@ class LLMSettings(BaseModel):
     # `generative` the model's text; `extractive` the 1-3 sentences of the sources that best answer the
     # question, quoted with their [n] (no model call); `auto` the model's text when at least one of its
     # sentences is supported by the source it cites, else the extractive answer.
-    answer_mode: AnswerMode = "auto"
+    answer_mode: AnswerMode = "extractive"
     # A sentence is grounded when its support (serving/support.py) reaches the threshold: `support_threshold`
     # where the embedder understands the sentence's language (lexical overlap and cosine averaged),
     # `lexical_support_threshold` elsewhere. Calibrated with `kb eval support` on XQuAD (docs/BENCHMARKS.md).

@@ -9,6 +9,7 @@ Loaded on every `kb` start: heavy imports stay inside the commands.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +92,10 @@ def eval_qa(  # noqa: PLR0917  (Typer options)
         int, typer.Option(min=0, help="Extractive answers (no model) to at most this many questions (0: all).")
     ] = 0,
     compare: Annotated[str, typer.Option(help="Also report hits per requested mode, e.g. bm25,hybrid.")] = "",
+    details: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write each question the model answered, in every answer mode, to this jsonl file."),
+    ] = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
@@ -111,6 +116,10 @@ def eval_qa(  # noqa: PLR0917  (Typer options)
         )  # fmt: skip
     except QAEvalError as exc:
         fail(str(exc))
+    if details is not None:
+        write_text(details, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in report.details))
+        _progress(f"wrote {details}")
+    report.details = []
     _print(report, report.table(), as_json=as_json, output=output)
 
 

@@ -82,6 +82,8 @@ class QAReport:
     precision_supported: float | None = None
     precision_unsupported: float | None = None
     ingest_s: float = 0.0
+    # Per question the model answered: the answers in each mode and what was scored (`--details`).
+    details: list[dict[str, object]] = field(default_factory=list, repr=False)
 
     def table(self) -> str:
         def fmt(v: float | None) -> str:
@@ -247,6 +249,15 @@ async def _score_answers(report: QAReport, items: Sequence[QAItem], answers: Ans
             if sentence.citations:
                 texts = [passages.get(n, "") for n in sentence.citations]
                 holds[sentence.grounded].append(float(any(contains_answer(t, item.answers) for t in texts)))
+        report.details.append(
+            {
+                "id": item.qid, "question": item.question, "answers": item.answers, "doc": item.doc,
+                "generative": answer.answer, "refused": answer.refused,
+                "sentences": [s.model_dump() for s in answer.sentences],
+                "extractive": extractive.answer, "auto_kept_generative": auto is answer,
+                "sources": [{"index": c.index, "doc_id": c.doc_id, "text": c.text} for c in answer.sources],
+            }
+        )  # fmt: skip
     report.exact_match, report.f1 = mean(em), mean(f1)
     report.refusal_accuracy, report.false_refusals = mean(refusals_right), mean(false_refusals)
     report.citation_precision = cited_right / cited if cited else None

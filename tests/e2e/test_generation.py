@@ -106,6 +106,8 @@ class Generation:
     proxy: RecordingProxy
     client: TestClient
     settings: Settings
+    # /readyz names the component that is down to admins only.
+    admin: dict[str, str] = field(default_factory=dict)
 
     def vllm_requests(self) -> float:
         """Requests vLLM itself finished, from its Prometheus counters."""
@@ -143,8 +145,12 @@ def gen(llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert all(r.status == "indexed" for r in results), results
         key = container.keys.create(name="employee", role=Role.employee, groups=["staff"], kbs=["default"])
         headers = {"Authorization": f"Bearer {key.secret}"}
+        admin = container.keys.create(name="admin", role=Role.admin, kbs=["*"])
         with TestClient(create_app(settings, container), headers=headers) as client:
-            yield Generation(llm=llm_server, proxy=proxy, client=client, settings=settings)
+            yield Generation(
+                llm=llm_server, proxy=proxy, client=client, settings=settings,
+                admin={"Authorization": f"Bearer {admin.secret}"},
+            )  # fmt: skip
     finally:
         proxy.stop()
 
@@ -307,9 +313,9 @@ def test_connection_errors_are_retried_until_the_server_is_back(gen: Generation)
 
 def test_model_server_down_gives_extractive_answers_that_state_the_fact(gen: Generation) -> None:
     """Runs last: stops the vLLM the module started."""
-    assert gen.client.get("/readyz").json()["components"]["llm"] == "up"
+    assert gen.client.get("/readyz", headers=gen.admin).json()["components"]["llm"] == "up"
     gen.llm.stop()
-    ready = gen.client.get("/readyz").json()
+    ready = gen.client.get("/readyz", headers=gen.admin).json()
     assert ready["components"]["llm"] == "down" and ready["status"] == "degraded"
 
     # Still answers that state the fact: the sentences of the sources that answer, quoted with their [n].

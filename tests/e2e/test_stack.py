@@ -1,8 +1,10 @@
 """The README's first command end to end: `kb up` starts Milvus Lite, vLLM (SmolLM2 on the CPU) and the
 API, ingests data/, answers over HTTP and through `kb ask`, and Ctrl-C stops everything it started.
 
-SmolLM2-135M answers are often wrong; the assertions are on structure, on retrieval (which document
-each answer's sources and citations point to) and on the wiring, not on the wording.
+SmolLM2-135M answers are often wrong, so the default answer mode quotes the sources instead
+(`KB_LLM__ANSWER_MODE=extractive`, chosen on XQuAD in docs/BENCHMARKS.md); the demo questions must state
+their facts. Otherwise the assertions are on structure, on retrieval (which document each answer's sources
+and citations point to) and on the wiring.
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ def test_ask_answers_with_citations_from_the_right_document(stack: Stack, questi
     body = response.json()
     assert not body["degraded"] and not body["refused"], body
     assert body["answer"].strip()
-    assert body["usage"]["completion_tokens"] > 0
-    assert body["timings"]["generate_ms"] > 0
+    # The default answer mode quotes the sources (docs/BENCHMARKS.md: SmolLM2's own text rarely states the
+    # fact): no model tokens are spent.
+    assert body["extractive"] and body["usage"]["completion_tokens"] == 0 and "generate_ms" not in body["timings"]
     assert [(s["index"], s["doc_id"]) for s in body["sources"]] == [(1, doc_id)]
     assert [(c["index"], c["doc_id"]) for c in body["citations"]] == [(1, doc_id)]
     assert body["citations"][0]["chunk_id"] == body["sources"][0]["chunk_id"]
@@ -253,7 +256,7 @@ def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
         events = [(event.event, event.json()) for event in source.iter_sse()]
     names = [n for n, _ in events]
     assert names[-2:] == ["citations", "done"], names
-    assert len(names) > 3 and set(names[:-2]) == {"token"}, names
+    assert len(names) >= 3 and set(names[:-2]) == {"token"}, names
     citations = events[-2][1]
     sources = citations["sources"]
     assert isinstance(sources, list) and sources[0]["doc_id"] == "leave-policy.md"
@@ -271,8 +274,12 @@ def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
     done = events[-1][1]
     assert done["refused"] is False and done["degraded"] is False and done["extractive"] is citations["extractive"]
     usage, timings = done["usage"], done["timings"]
-    assert isinstance(usage, dict) and usage["completion_tokens"] > 0
-    assert isinstance(timings, dict) and 0 < timings["first_token_ms"] <= timings["total_ms"]
+    assert isinstance(usage, dict) and isinstance(timings, dict) and timings["total_ms"] > 0
+    if done["extractive"] and not usage["completion_tokens"]:  # quoted without the model (the default)
+        assert "".join(str(d["text"]) for n, d in events if n == "token") == citations["answer"]
+        assert "15 days" in str(citations["answer"])
+    else:
+        assert usage["completion_tokens"] > 0 and 0 < timings["first_token_ms"] <= timings["total_ms"]
 
 
 def test_bench_e2e_drives_the_api_and_vllm_with_the_same_prompts(stack: Stack) -> None:
