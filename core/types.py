@@ -149,8 +149,8 @@ class Answer(BaseModel):
     grounded: bool = False
     # The answer's text contained a sensitive term: replaced by a message, with no citations or passages.
     withheld: bool = False
-    # Per sentence, so that a UI can mark the sentences that cite nothing (empty for refusals and
-    # degraded answers, which are not model text).
+    # Per sentence, so that a UI can mark the sentences that cite nothing or are not supported by what they
+    # cite (empty for refusals).
     sentences: list[SentenceGrounding] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
