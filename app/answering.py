@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -13,12 +14,25 @@ from anyio import to_thread
 
 from app.metrics import failure_kind
 from core.protocols import Generator, GeneratorUnavailable
-from core.types import Access, Answer, ChatMessage, Citation, SearchFilter, SearchMode, Usage
+from core.text import is_wide
+from core.types import (
+    Access,
+    Answer,
+    AnswerMode,
+    ChatMessage,
+    Citation,
+    Evidence,
+    SearchFilter,
+    SearchMode,
+    SentenceGrounding,
+    Usage,
+)
 from retrieval.condense import Condenser, fallback_query
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
-from serving.citations import check_citations, citation_pattern
+from serving.citations import check_citations, citation_pattern, split_sentences
 from serving.prompts import PromptBook, PromptSource
+from serving.support import Passage, Quote, Reading, Span, SupportScorer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +51,8 @@ class Question:
     temperature: float | None = None
     # The caller may name the answer before it exists (the OpenAI stream sends its id in the first chunk).
     answer_id: str | None = None
+    # None: the configured mode (evaluation compares the modes on the same questions).
+    answer_mode: AnswerMode | None = None
 
 
 class AnswerObserver(Protocol):
@@ -50,8 +66,12 @@ class AnswerObserver(Protocol):
 class AnswerService:
     def __init__(
         self, *, query: QueryPipeline, generator: Generator, prompts: PromptBook, top_k: int, citation_guard: bool,
+        support: SupportScorer, answer_mode: AnswerMode = "generative", extractive_sentences: int = 3,
         condenser: Condenser | None = None, observer: AnswerObserver | None = None,
     ) -> None:  # fmt: skip
+        self._support = support
+        self._answer_mode = answer_mode
+        self._extractive_sentences = extractive_sentences
         self._observer = observer
         self._condenser = condenser
         self._citation_guard = citation_guard
@@ -82,6 +102,8 @@ class AnswerService:
         turn = await self._prepare(question)
         if not turn.retrieval.sources:
             return turn.refusal_answer()
+        if turn.mode == "extractive":
+            return await to_thread.run_sync(turn.extractive_answer)
         t = time.perf_counter()
         try:
             result = await self._generator.generate(
@@ -90,15 +112,23 @@ class AnswerService:
         except GeneratorUnavailable as exc:
             log.warning("degraded answer: %s", exc)
             self._model_failed(exc)
-            return turn.degraded_answer()
+            return await to_thread.run_sync(turn.degraded_answer)
         turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
-        return turn.final_answer(result.text, result.usage)
+        return await to_thread.run_sync(turn.final_answer, result.text, result.usage)
 
     async def stream(self, question: Question) -> AsyncGenerator[StreamEvent]:
-        """`token` events, then one `citations` event, then `done`; or `error` if the model fails mid-answer."""
+        """`token` events, then one `citations` event, then `done`; or `error` if the model fails mid-answer.
+
+        In `auto` mode, when the streamed text turns out to carry no supported claim, the `citations` event
+        carries the extractive answer in `answer` (and `extractive: true`): clients replace the streamed
+        text with it."""
         turn = await self._prepare(question)
         if not turn.retrieval.sources:
             async for event in _replay(turn.refusal_answer()):
+                yield event
+            return
+        if turn.mode == "extractive":
+            async for event in _replay(await to_thread.run_sync(turn.extractive_answer)):
                 yield event
             return
         parts: list[str] = []
@@ -121,11 +151,11 @@ class AnswerService:
             if parts:
                 yield StreamEvent("error", {"code": "llm_unavailable", "message": str(exc)})
                 return
-            async for event in _replay(turn.degraded_answer()):
+            async for event in _replay(await to_thread.run_sync(turn.degraded_answer)):
                 yield event
             return
         turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
-        answer = turn.final_answer("".join(parts), usage)
+        answer = await to_thread.run_sync(turn.final_answer, "".join(parts), usage)
         yield _citations_event(answer)
         yield _done_event(answer)
 
@@ -145,6 +175,7 @@ class AnswerService:
         language = retrieval.language
         refusal = self._prompts.refusal(language)
         guard = self._citation_guard and bool(retrieval.sources)
+        mode = question.answer_mode or self._answer_mode
         turn = _Turn(
             started=started,
             retrieval=retrieval,
@@ -152,6 +183,10 @@ class AnswerService:
             messages=self._messages(question, retrieval.sources, language) if retrieval.sources else [],
             pattern=citation_pattern(len(retrieval.sources), refusal, language) if guard else None,
             timings=dict(retrieval.timings),
+            question=question.text,
+            mode=mode,
+            support=self._support,
+            extractive_sentences=self._extractive_sentences,
         )
         if question.answer_id:
             turn.answer_id = question.answer_id
@@ -180,7 +215,12 @@ class _Turn:
     messages: list[ChatMessage]
     pattern: str | None
     timings: dict[str, float]
+    support: SupportScorer
+    question: str = ""
+    mode: AnswerMode = "generative"
+    extractive_sentences: int = 3
     answer_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _reading: Reading | None = None
 
     def _sources(self) -> list[Citation]:
         return [s.citation() for s in self.retrieval.sources]
@@ -189,6 +229,19 @@ class _Turn:
         self.timings["total_ms"] = (time.perf_counter() - self.started) * 1000
         return self.timings
 
+    def reading(self) -> Reading:
+        """The sources split into sentences and indexed for support scores (once per answer)."""
+        if self._reading is None:
+            passages = [Passage(s.index, s.text, headings=(s.hit.chunk.section,)) for s in self.retrieval.sources]
+            # Titles and section names are what a degenerate answer repeats around its markers: not claims.
+            ignore = {s.title for s in self.retrieval.sources} | {
+                part for s in self.retrieval.sources for part in s.hit.chunk.section.split(" > ")
+            }
+            t = time.perf_counter()
+            self._reading = self.support.read(passages, ignore=sorted(ignore))
+            self.timings["support_ms"] = self.timings.get("support_ms", 0.0) + (time.perf_counter() - t) * 1000
+        return self._reading
+
     def refusal_answer(self) -> Answer:
         return Answer(
             answer=self.refusal, refused=True, timings=self._finish(), answer_id=self.answer_id,
@@ -196,22 +249,85 @@ class _Turn:
         )  # fmt: skip
 
     def degraded_answer(self) -> Answer:
+        answer = self.extractive_answer()
+        return answer.model_copy(
+            update={
+                "degraded": True,
+                "message": "The language model is unavailable; these are the sentences of the sources that best "
+                "answer the question.",
+            }
+        )
+
+    def extractive_answer(self, usage: Usage | None = None) -> Answer:
+        """The sentences of the sources that best answer the question, each quoted with its [n]."""
+        reading = self.reading()
+        t = time.perf_counter()
+        quotes = reading.extract(self.question, limit=self.extractive_sentences)
         sources = self._sources()
+        if not quotes:  # passages without a single sentence (a table, a list): show the passages themselves
+            text = "\n\n".join(f"[{c.index}] {c.title}: {c.snippet}" for c in sources)
+            cited = [c.index for c in sources]
+        else:
+            text = "\n".join(_quoted(q.span.text, q.index) for q in quotes)
+            cited = list(dict.fromkeys(q.index for q in quotes))
+        check = check_citations(text, len(sources))
+        sentences = reading.ground(split_sentences(check.text))
+        self.timings["extract_ms"] = (time.perf_counter() - t) * 1000
+        sources = self._with_evidence(sources, sentences, quotes)
         return Answer(
-            answer="\n\n".join(f"[{c.index}] {c.title}: {c.snippet}" for c in sources),
-            citations=sources, sources=sources, degraded=True, timings=self._finish(), answer_id=self.answer_id,
-            message="The language model is unavailable; these are the most relevant passages.",
+            answer=check.text, citations=[sources[n - 1] for n in sorted(cited)], sources=sources,
+            extractive=True, grounded=bool(sentences) and all(s.grounded for s in sentences), sentences=sentences,
+            usage=usage or Usage(), timings=self._finish(), answer_id=self.answer_id,
+            message="These are the sentences of the sources that best answer the question.",
         )  # fmt: skip
 
     def final_answer(self, text: str, usage: Usage) -> Answer:
         check = check_citations(text, len(self.retrieval.sources))
         refused = self.refusal.rstrip(".。").lower() in check.text.lower() and not check.cited
-        sources = self._sources()
+        sentences = [] if refused else self.reading().ground(check.sentences)
+        if self.mode == "auto" and not refused and not any(s.grounded for s in sentences):
+            # The model's text states nothing its sources support (titles and markers, a wrong number):
+            # quote the sources instead.
+            return self.extractive_answer(usage)
+        sources = self._with_evidence(self._sources(), sentences, [])
         return Answer(
             answer=check.text, citations=[sources[n - 1] for n in sorted(check.cited)], sources=sources,
-            refused=refused, grounded=check.grounded and not refused, sentences=[] if refused else check.sentences,
-            usage=usage, timings=self._finish(), answer_id=self.answer_id,
+            refused=refused, grounded=check.grounded and not refused and all(s.grounded for s in sentences),
+            sentences=sentences, usage=usage, timings=self._finish(), answer_id=self.answer_id,
         )  # fmt: skip
+
+    def _with_evidence(
+        self, sources: list[Citation], sentences: list[SentenceGrounding], quotes: list[Quote]
+    ) -> list[Citation]:
+        """Each source with the sentences of its passage that support what the answer says with it: the
+        quoted ones, else the best match for the sentences citing it, else for the question."""
+        reading = self.reading()
+        out = []
+        for c in sources:
+            quoted = [q.span for q in quotes if q.index == c.index][:2]
+            spans = sorted(quoted, key=lambda s: s.start) or reading.evidence(
+                c.index, [s.text for s in sentences if c.index in s.citations], self.question
+            )
+            out.append(c.model_copy(update={"evidence": [_evidence(span) for span in spans]}))
+        return out
+
+
+def _evidence(span: Span) -> Evidence:
+    return Evidence(text=span.text, start=span.start, end=span.end)
+
+
+_MARKER_LIKE = re.compile(r"[\[【]\s*\d{1,3}(?:\s*[,，、]\s*\d{1,3})*\s*[\]】]")
+_FINAL_STOP = re.compile(r"([.!?。！？]+)$")
+
+
+def _quoted(sentence: str, index: int) -> str:
+    """A passage sentence as an answer line with its [n] before the final stop ("... leave [1].",
+    "……年假[1]。"); markers the sentence happens to contain would be read as citations, so they go."""
+    text = " ".join(_MARKER_LIKE.sub("", sentence).split())
+    stop = _FINAL_STOP.search(text)
+    body, end = (text[: stop.start()], stop.group(1)) if stop else (text, "")
+    space = "" if body and is_wide(body[-1]) else " "
+    return f"{body}{space}[{index}]{end}"
 
 
 def _citations_event(answer: Answer) -> StreamEvent:
@@ -222,6 +338,7 @@ def _citations_event(answer: Answer) -> StreamEvent:
             "citations": [c.model_dump() for c in answer.citations],
             "sources": [c.model_dump() for c in answer.sources],
             "grounded": answer.grounded,
+            "extractive": answer.extractive,
             "sentences": [s.model_dump() for s in answer.sentences],
         },
     )
@@ -232,7 +349,8 @@ def _done_event(answer: Answer) -> StreamEvent:
         "done",
         {
             "answer_id": answer.answer_id, "refused": answer.refused, "degraded": answer.degraded,
-            "message": answer.message, "usage": answer.usage.model_dump(), "timings": answer.timings,
+            "extractive": answer.extractive, "message": answer.message, "usage": answer.usage.model_dump(),
+            "timings": answer.timings,
         },
     )  # fmt: skip
 

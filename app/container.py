@@ -41,6 +41,7 @@ from retrieval.reranker import load_reranker
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
+from serving.support import SupportScorer
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,13 @@ class Container:
         )
 
     @cached_property
+    def support(self) -> SupportScorer:
+        llm = self.settings.llm
+        return SupportScorer(
+            self.embedder, threshold=llm.support_threshold, lexical_threshold=llm.lexical_support_threshold
+        )
+
+    @cached_property
     def answers(self) -> AnswerService:
         return AnswerService(
             query=self.query,
@@ -256,6 +264,9 @@ class Container:
             prompts=self.prompts,
             top_k=self.settings.retrieval.top_k,
             citation_guard=self.settings.llm.citation_guard,
+            support=self.support,
+            answer_mode=self.settings.llm.answer_mode,
+            extractive_sentences=self.settings.llm.extractive_sentences,
             condenser=self.condenser,
             observer=self.metrics,
         )

@@ -141,6 +141,10 @@ class KbInfo(BaseModel):
     refused: bool
     degraded: bool
     grounded: bool
+    # The content quotes the sources (the model's text had no supported claim, or the model was down). In a
+    # stream, the streamed content was the model's: `answer` then holds the text that replaces it.
+    extractive: bool = False
+    answer: str | None = None
     message: str
 
 
@@ -193,7 +197,7 @@ def chat_completion(kb: str, answer: Answer) -> ChatCompletion:
         citations=answer.citations, sources=answer.sources,
         kb=KbInfo(
             answer_id=answer.answer_id, refused=answer.refused, degraded=answer.degraded, grounded=answer.grounded,
-            message=answer.message,
+            extractive=answer.extractive, message=answer.message,
         ),
     )  # fmt: skip
 
@@ -233,7 +237,8 @@ def _final(done: StreamEvent, cited: dict[str, object]) -> dict[str, object]:
     info = KbInfo(
         answer_id=str(done.data["answer_id"]), refused=bool(done.data["refused"]),
         degraded=bool(done.data["degraded"]), grounded=bool(cited.get("grounded", False)),
-        message=str(done.data["message"]),
+        extractive=bool(cited.get("extractive", False)),
+        answer=str(cited.get("answer", "")) if cited.get("extractive") else None, message=str(done.data["message"]),
     )  # fmt: skip
     return {
         "citations": cited.get("citations", []),

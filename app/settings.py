@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.types import RelevanceThresholds, SearchMode
+from core.types import AnswerMode, RelevanceThresholds, SearchMode
 
 
 class MilvusSettings(BaseModel):
@@ -92,6 +92,17 @@ class LLMSettings(BaseModel):
     # Constrain decoding (vLLM structured outputs) so that every sentence ends with a valid [n] marker
     # or the answer is the refusal. Turn off for OpenAI-compatible servers without structured outputs.
     citation_guard: bool = True
+    # What an answer is once retrieval found sources (docs/BENCHMARKS.md, "Answers that carry the fact"):
+    # `generative` the model's text; `extractive` the 1-3 sentences of the sources that best answer the
+    # question, quoted with their [n] (no model call); `auto` the model's text when at least one of its
+    # sentences is supported by the source it cites, else the extractive answer.
+    answer_mode: AnswerMode = "extractive"
+    # A sentence is grounded when its support (serving/support.py) reaches the threshold: `support_threshold`
+    # where the embedder understands the sentence's language (lexical overlap and cosine averaged),
+    # `lexical_support_threshold` elsewhere. Calibrated with `kb eval support` on XQuAD (docs/BENCHMARKS.md).
+    support_threshold: float = Field(0.67, ge=0.0, le=1.0)
+    lexical_support_threshold: float = Field(0.62, ge=0.0, le=1.0)
+    extractive_sentences: int = Field(3, ge=1, le=10)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     timeout_s: float = Field(60.0, gt=0)
     # Connection errors (refused, reset) are retried this many times with exponential backoff starting at

@@ -10,6 +10,15 @@ from pathlib import Path
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 
+# Chinese function and question words that carry no topic; jieba returns them as their own tokens.
+CHINESE_FUNCTION_WORDS = frozenset(
+    [
+        "的", "了", "是", "在", "和", "与", "及", "或", "吗", "呢", "吧", "啊", "把", "被",
+        "对", "从", "到", "为", "以", "于", "之", "其", "这", "那", "有", "个", "也", "都",
+        "就", "而", "又", "什么", "怎么", "哪", "哪些", "如何", "谁", "多少", "几", "哪个", "为什么",
+    ]
+)  # fmt: skip
+
 
 def has_han(text: str) -> bool:
     return _HAN.search(text) is not None

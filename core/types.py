@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TextKind = Literal["query", "passage"]
 SearchMode = Literal["dense", "bm25", "hybrid"]
+# How kb answers once retrieval found sources: the model's text (`generative`), sentences quoted from the
+# sources (`extractive`), or the model's text when it carries a supported claim, else the quotes (`auto`).
+AnswerMode = Literal["generative", "extractive", "auto"]
 
 
 class Chunk(BaseModel):
@@ -87,6 +90,14 @@ class SearchFilter(BaseModel):
     hidden_versions: list[tuple[str, int]] = Field(default_factory=list)
 
 
+class Evidence(BaseModel):
+    """A sentence of a cited passage that supports the answer: `Citation.text[start:end] == text`."""
+
+    text: str
+    start: int = Field(ge=0, description="character offset into the citation's `text`")
+    end: int = Field(ge=0, description="character offset into the citation's `text` (exclusive)")
+
+
 class Citation(BaseModel):
     index: int
     doc_id: str
@@ -96,6 +107,12 @@ class Citation(BaseModel):
     chunk_id: str
     score: float
     snippet: str
+    # The whole passage the model was given (the snippet is its first characters): evidence offsets index
+    # into it.
+    text: str = ""
+    # The one or two sentences of `text` that best support what the answer says with this source (or, for
+    # a source the answer does not cite, that best answer the question), in passage order.
+    evidence: list[Evidence] = Field(default_factory=list)
 
 
 class Usage(BaseModel):
@@ -104,11 +121,18 @@ class Usage(BaseModel):
 
 
 class SentenceGrounding(BaseModel):
-    """One sentence of an answer and the valid sources it cites; grounded when it cites at least one."""
+    """One sentence of an answer, the valid sources it cites, and how well they support what it says.
+
+    `support` (0-1) is the weighted share of the sentence's content words (numbers and names weigh most)
+    found in the passages it cites, averaged with the embedder's cosine similarity where the embedder
+    understands the language; 0 when it states a number the passages do not hold, or when it has no content
+    word at all (titles and markers only). `grounded`: it cites a source and `support` reaches the
+    configured threshold (serving/support.py)."""
 
     text: str
     citations: list[int] = Field(default_factory=list)
     grounded: bool = False
+    support: float = 0.0
 
 
 class Answer(BaseModel):
@@ -119,11 +143,14 @@ class Answer(BaseModel):
     sources: list[Citation] = Field(default_factory=list)
     refused: bool = False
     degraded: bool = False
+    # The text is sentences quoted from the sources (each with its [n]), chosen by how well they answer the
+    # question, because the model's text had no supported claim or the model was unavailable.
+    extractive: bool = False
     grounded: bool = False
     # The answer's text contained a sensitive term: replaced by a message, with no citations or passages.
     withheld: bool = False
-    # Per sentence, so that a UI can mark the sentences that cite nothing (empty for refusals and
-    # degraded answers, which are not model text).
+    # Per sentence, so that a UI can mark the sentences that cite nothing or are not supported by what they
+    # cite (empty for refusals).
     sentences: list[SentenceGrounding] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")

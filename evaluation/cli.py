@@ -9,6 +9,7 @@ Loaded on every `kb` start: heavy imports stay inside the commands.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,14 +85,22 @@ def eval_retrieval(
 
 
 @eval_cli.command("qa")
-def eval_qa(
+def eval_qa(  # noqa: PLR0917  (Typer options)
     dataset: DatasetOpt,
     llm_limit: Annotated[int, typer.Option(min=0, help="Ask the model at most this many questions.")] = 200,
+    extractive_limit: Annotated[
+        int, typer.Option(min=0, help="Extractive answers (no model) to at most this many questions (0: all).")
+    ] = 0,
     compare: Annotated[str, typer.Option(help="Also report hits per requested mode, e.g. bm25,hybrid.")] = "",
+    details: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write each question the model answered, in every answer mode, to this jsonl file."),
+    ] = None,
     as_json: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
-    """Document hit@1/@5 and, with the model server up, answer EM/F1, refusal accuracy, citation precision."""
+    """Document hit@1/@5, extractive answers holding the gold answer and, with the model server up, answer
+    EM/F1, refusal accuracy, citation precision, and generative vs extractive vs auto answers."""
     from evaluation.datasets import load_qa
     from evaluation.qa_eval import QAEvalError, evaluate_qa, parse_compare
 
@@ -101,9 +110,38 @@ def eval_qa(
     except (ValueError, OSError) as exc:
         fail(str(exc), 2)
     try:
-        report = evaluate_qa(data, load_settings(), llm_limit=llm_limit, compare=modes, progress=_progress)
+        report = evaluate_qa(
+            data, load_settings(), llm_limit=llm_limit, extractive_limit=extractive_limit, compare=modes,
+            progress=_progress,
+        )  # fmt: skip
     except QAEvalError as exc:
         fail(str(exc))
+    if details is not None:
+        write_text(details, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in report.details))
+        _progress(f"wrote {details}")
+    report.details = []
+    _print(report, report.table(), as_json=as_json, output=output)
+
+
+@eval_cli.command("support")
+def eval_support(
+    dataset: DatasetOpt,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many questions (0: all).")] = 0,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Calibrate the support thresholds: supported claims against claims citing the wrong passage or
+    stating another fact (evaluation/support_eval.py)."""
+    from app.container import Container
+    from evaluation.datasets import load_qa
+    from evaluation.support_eval import evaluate_support
+
+    try:
+        data = load_qa(dataset)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), 2)
+    settings = load_settings()
+    report = evaluate_support(data, settings, Container(settings).embedder, limit=limit, progress=_progress)
     _print(report, report.table(), as_json=as_json, output=output)
 
 

@@ -79,3 +79,15 @@ def f1_score(prediction: str, answers: Sequence[str]) -> float:
             p, r = common / len(pred), common / len(gold)
             best = max(best, 2 * p * r / (p + r))
     return best
+
+
+def _squeezed(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def contains_answer(text: str, answers: Sequence[str]) -> bool:
+    """Whether the text holds one of the gold answers verbatim, ignoring case and whitespace ("136 次" is
+    in "擒杀136次"): the question "does the answer state the fact", which EM/F1 on a sentence-long answer
+    cannot ask."""
+    squeezed = _squeezed(text)
+    return any(_squeezed(a) and _squeezed(a) in squeezed for a in answers)

@@ -13,10 +13,10 @@ import httpx
 
 from app.answering import AnswerService, Question
 from app.settings import Settings
-from core.types import SearchMode
+from core.types import Answer, SearchMode
 from evaluation.access import EVERYTHING
 from evaluation.datasets import QAItem, QASet
-from evaluation.metrics import exact_match, f1_score, mean, percentile
+from evaluation.metrics import contains_answer, exact_match, f1_score, mean, percentile
 from evaluation.scratch import scratch_container
 from retrieval.pipeline import QueryPipeline
 
@@ -65,7 +65,25 @@ class QAReport:
     refusal_accuracy: float | None = None
     false_refusals: float | None = None
     citation_precision: float | None = None
+    # Share of answerable questions whose answer text holds the gold answer (evaluation.metrics.
+    # contains_answer): extractive over `extractive_questions` questions (no model needed); generative,
+    # extractive and auto (generative when a sentence is supported, else extractive) over the questions the
+    # model answered.
+    extractive_questions: int = 0
+    contains_extractive_all: float | None = None
+    contains_generative: float | None = None
+    contains_extractive: float | None = None
+    contains_auto: float | None = None
+    auto_kept_generative: float | None = None  # share of those answers where auto keeps the model's text
+    # Of the model's sentences that cite a source: how many are supported, and the share whose cited
+    # passage holds the gold answer, for supported and for unsupported sentences.
+    supported_sentences: int = 0
+    unsupported_sentences: int = 0
+    precision_supported: float | None = None
+    precision_unsupported: float | None = None
     ingest_s: float = 0.0
+    # Per question the model answered: the answers in each mode and what was scored (`--details`).
+    details: list[dict[str, object]] = field(default_factory=list, repr=False)
 
     def table(self) -> str:
         def fmt(v: float | None) -> str:
@@ -84,8 +102,18 @@ class QAReport:
                 f"  requested {mode:<7} hit@1 {hits.hit_at_1:.4f}  hit@5 {hits.hit_at_5:.4f}  "
                 f"(answered as {hits.answered_as})"
             )
+        if self.extractive_questions:
+            rows.append(
+                f"contains gold, extractive, {self.extractive_questions} questions  {fmt(self.contains_extractive_all)}"
+            )
         if self.answered:
             rows += [
+                f"contains gold        generative {fmt(self.contains_generative)}  extractive "
+                f"{fmt(self.contains_extractive)}  auto {fmt(self.contains_auto)} (auto kept the model's text "
+                f"for {fmt(self.auto_kept_generative)})",
+                f"cited passage holds gold: supported sentences {fmt(self.precision_supported)} "
+                f"({self.supported_sentences}), unsupported {fmt(self.precision_unsupported)} "
+                f"({self.unsupported_sentences})",
                 f"answers scored       {self.answered}",
                 f"exact match          {fmt(self.exact_match)}",
                 f"F1                   {fmt(self.f1)}",
@@ -131,6 +159,7 @@ def evaluate_qa(
     settings: Settings,
     *,
     llm_limit: int,
+    extractive_limit: int = 0,
     compare: Sequence[SearchMode] = (),
     progress: Progress = lambda _: None,
 ) -> QAReport:
@@ -154,6 +183,9 @@ def evaluate_qa(
         hits, ms = _document_hits(data.items, query, None)
         report.hit_at_1, report.hit_at_5, report.modes = hits.hit_at_1, hits.hit_at_5, hits.answered_as
         report.search_p50_ms, report.search_p95_ms = percentile(ms, 50), percentile(ms, 95)
+        answerable = [i for i in data.items if i.answerable and i.answers][: extractive_limit or None]
+        progress(f"extractive answers to {len(answerable)} questions")
+        asyncio.run(_score_extractive(report, answerable, container.answers))
         if problem is not None:
             report.llm = problem
             return report
@@ -163,14 +195,36 @@ def evaluate_qa(
     return report
 
 
+async def _score_extractive(report: QAReport, items: Sequence[QAItem], answers: AnswerService) -> None:
+    found = []
+    for item in items:
+        answer = await answers.ask(
+            Question(text=item.question, access=EVERYTHING.access, kb=QA_KB, answer_mode="extractive")
+        )
+        found.append(float(contains_answer(answer.answer, item.answers)))
+    report.extractive_questions = len(found)
+    report.contains_extractive_all = mean(found)
+
+
+def _auto(generative: Answer, extractive: Answer) -> Answer:
+    """What `answer_mode: auto` returns: the model's text when one of its sentences is supported (or it
+    refused), else the extractive answer."""
+    return generative if generative.refused or any(s.grounded for s in generative.sentences) else extractive
+
+
 async def _score_answers(report: QAReport, items: Sequence[QAItem], answers: AnswerService) -> None:
     em: list[float] = []
     f1: list[float] = []
     refusals_right: list[float] = []
     false_refusals: list[float] = []
+    contains: dict[str, list[float]] = {"generative": [], "extractive": [], "auto": []}
+    kept: list[float] = []
+    holds: dict[bool, list[float]] = {True: [], False: []}
     cited = cited_right = 0
     for item in items:
-        answer = await answers.ask(Question(text=item.question, access=EVERYTHING.access, kb=QA_KB))
+        answer = await answers.ask(
+            Question(text=item.question, access=EVERYTHING.access, kb=QA_KB, answer_mode="generative")
+        )
         if answer.degraded:
             report.llm = f"model failed during the run: {answer.message}"
             continue
@@ -183,6 +237,33 @@ async def _score_answers(report: QAReport, items: Sequence[QAItem], answers: Ans
         f1.append(f1_score(answer.answer, item.answers))
         cited += len(answer.citations)
         cited_right += sum(Path(c.doc_id).name == item.doc for c in answer.citations)
+        extractive = await answers.ask(
+            Question(text=item.question, access=EVERYTHING.access, kb=QA_KB, answer_mode="extractive")
+        )
+        auto = _auto(answer, extractive)
+        kept.append(float(auto is answer))
+        for name, given in (("generative", answer), ("extractive", extractive), ("auto", auto)):
+            contains[name].append(float(contains_answer(given.answer, item.answers)))
+        passages = {s.index: s.text for s in answer.sources}
+        for sentence in answer.sentences:
+            if sentence.citations:
+                texts = [passages.get(n, "") for n in sentence.citations]
+                holds[sentence.grounded].append(float(any(contains_answer(t, item.answers) for t in texts)))
+        report.details.append(
+            {
+                "id": item.qid, "question": item.question, "answers": item.answers, "doc": item.doc,
+                "generative": answer.answer, "refused": answer.refused,
+                "sentences": [s.model_dump() for s in answer.sentences],
+                "extractive": extractive.answer, "auto_kept_generative": auto is answer,
+                "sources": [{"index": c.index, "doc_id": c.doc_id, "text": c.text} for c in answer.sources],
+            }
+        )  # fmt: skip
     report.exact_match, report.f1 = mean(em), mean(f1)
     report.refusal_accuracy, report.false_refusals = mean(refusals_right), mean(false_refusals)
     report.citation_precision = cited_right / cited if cited else None
+    report.contains_generative = mean(contains["generative"])
+    report.contains_extractive = mean(contains["extractive"])
+    report.contains_auto = mean(contains["auto"])
+    report.auto_kept_generative = mean(kept)
+    report.supported_sentences, report.unsupported_sentences = len(holds[True]), len(holds[False])
+    report.precision_supported, report.precision_unsupported = mean(holds[True]), mean(holds[False])

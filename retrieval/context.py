@@ -36,6 +36,7 @@ class Source(BaseModel):
             chunk_id=chunk.chunk_id,
             score=self.hit.score,
             snippet=snippet,
+            text=self.text,
         )
 
 

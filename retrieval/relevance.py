@@ -13,57 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from core.text import english_stop_words, has_han
+from core.text import CHINESE_FUNCTION_WORDS, english_stop_words, has_han
 
 RelevanceKind = Literal["rerank", "cosine", "lexical", "none"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-# Chinese function words that carry no topic; jieba returns them as their own tokens.
-_ZH_STOP = frozenset(
-    [
-        "的",
-        "了",
-        "是",
-        "在",
-        "和",
-        "与",
-        "及",
-        "或",
-        "吗",
-        "呢",
-        "吧",
-        "啊",
-        "把",
-        "被",
-        "对",
-        "从",
-        "到",
-        "为",
-        "以",
-        "于",
-        "之",
-        "其",
-        "这",
-        "那",
-        "有",
-        "个",
-        "也",
-        "都",
-        "就",
-        "而",
-        "又",
-        "什么",
-        "怎么",
-        "哪",
-        "哪些",
-        "如何",
-        "谁",
-        "多少",
-        "几",
-        "哪个",
-        "为什么",
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -85,7 +39,7 @@ def terms(text: str) -> set[str]:
     stop = set(english_stop_words())
     for word in _WORD.findall(text.lower()):
         if has_han(word):
-            out.update(t for t in jieba.lcut(word) if t.strip() and t not in _ZH_STOP)
+            out.update(t for t in jieba.lcut(word) if t.strip() and t not in CHINESE_FUNCTION_WORDS)
         elif word not in stop:
             out.add(word)
     return out

@@ -42,14 +42,19 @@ _SSE_DOC = {
                 "schema": {
                     "oneOf": [
                         _event("token", ["text"]),
-                        _event("citations", ["answer", "citations", "sources", "grounded", "sentences"]),
-                        _event("done", ["answer_id", "refused", "degraded", "message", "usage", "timings"]),
+                        _event("citations", ["answer", "citations", "sources", "grounded", "extractive", "sentences"]),
+                        _event(
+                            "done",
+                            ["answer_id", "refused", "degraded", "extractive", "message", "usage", "timings"],
+                        ),
                         _event("error", ["code", "message"]),
                     ]
                 }
             }
         },
-        "description": 'With "stream": true: `token` events, one `citations` event, then `done` (or `error`).',
+        "description": 'With "stream": true: `token` events, one `citations` event, then `done` (or `error`). '
+        "When `citations` says `extractive: true`, its `answer` replaces the streamed text (the model's text "
+        "had no supported claim: the answer quotes the sources).",
     }
 }
 

@@ -78,6 +78,8 @@ def ask(
     lines = [answer.answer, ""]
     if answer.degraded:
         lines.insert(0, f"[degraded] {answer.message}")
+    elif answer.extractive:
+        lines.insert(0, f"[extractive] {answer.message}")
     lines += [
         f"[{c.index}] {c.title} ({c.doc_id}" + (f", page {c.page}" if c.page else "") + ")" for c in answer.citations
     ]

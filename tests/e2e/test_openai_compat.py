@@ -46,6 +46,8 @@ def stack(llm_server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> It
     env = {
         "KB_LLM__BASE_URL": llm_server.base_url, "KB_LLM__SERVED_MODEL_NAME": SERVED_NAME,
         "KB_LLM__MAX_TOKENS": str(MAX_TOKENS),
+        # The model's own answers (usage, streamed chunks), not the extractive default.
+        "KB_LLM__ANSWER_MODE": "generative",
         # For the rate-limit test: service keys get 3 requests a minute (no other test uses one).
         "KB_RATE_LIMITS__SERVICE__REQUESTS_PER_MINUTE": "3",
     }  # fmt: skip

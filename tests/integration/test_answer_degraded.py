@@ -21,15 +21,20 @@ def service(container: Container) -> AnswerService:
         base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="EMPTY", model="kb-llm",
         max_tokens=64, temperature=0.0, timeout_s=5.0, retries=1,
     )  # fmt: skip
-    return AnswerService(query=container.query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=True)
+    return AnswerService(
+        query=container.query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=True,
+        support=container.support,
+    )  # fmt: skip
 
 
-def test_answer_is_degraded_to_passages_when_the_model_is_down(demo_home: Container) -> None:
+def test_answer_is_degraded_to_quotes_from_the_sources_when_the_model_is_down(demo_home: Container) -> None:
     answer = asyncio.run(service(demo_home).ask(Question(access=ALL, text="How long must passwords be?")))
-    assert answer.degraded and not answer.refused
+    assert answer.degraded and answer.extractive and not answer.refused
     assert answer.sources[0].doc_id == "it-security-policy.docx"
-    assert answer.citations == answer.sources
-    assert "14 characters" in answer.answer
+    assert answer.answer.startswith(
+        "Passwords must be at least 14 characters long and must not be reused across services [1]."
+    )
+    assert answer.citations[0] == answer.sources[0] and all(c in answer.sources for c in answer.citations)
     assert "unavailable" in answer.message
 
 
@@ -42,9 +47,10 @@ def test_stream_falls_back_to_the_same_degraded_events(demo_home: Container) -> 
 
     events = asyncio.run(collect())
     assert [n for n, _ in events] == ["token", "citations", "done"]
-    assert events[2][1]["degraded"] is True
+    assert events[2][1]["degraded"] is True and events[2][1]["extractive"] is True
     sources = events[1][1]["sources"]
     assert isinstance(sources, list) and sources[0]["doc_id"] == "expense-policy-zh.md"
+    assert str(events[0][1]["text"]).startswith("员工应在费用发生后30天内通过财务系统提交报销申请[1]。")
 
 
 def test_empty_knowledge_base_refuses_without_calling_the_model(demo_home: Container) -> None:

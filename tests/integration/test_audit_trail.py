@@ -29,7 +29,11 @@ def settings_for(home: Path, **security: Any) -> Settings:
     return Settings.model_validate({
         "home": home, "models_dir": home / "models", "api": {"ui_enabled": False},
         "reranker": {"enabled": False}, "ingest": {"worker_in_api": False},
-        "llm": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0, "timeout_s": 5},
+        # The model's path (down here, so answers are degraded), not the extractive default.
+        "llm": {
+            "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0, "timeout_s": 5,
+            "answer_mode": "generative",
+        },
         "security": security,
     })  # fmt: skip
 

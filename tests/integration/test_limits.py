@@ -69,7 +69,10 @@ def api(tmp_path_factory: pytest.TempPathFactory, llm: SlowLLM) -> Iterator[Api]
         home=home, models_dir=home / "models",
         reranker={"enabled": False}, ingest={"worker_in_api": False}, api={"ui_enabled": False},
         retrieval={"condense": False},
-        llm={"base_url": llm.url, "connect_retries": 0, "timeout_s": 60, "citation_guard": False},
+        llm={
+            "base_url": llm.url, "connect_retries": 0, "timeout_s": 60, "citation_guard": False,
+            "answer_mode": "generative",  # every answer goes to the (slow) model these tests measure
+        },
         rate_limits={
             "employee": {"requests_per_minute": 5, "tokens_per_minute": 1_000_000},
             # One answer (40 + 8 tokens from the test server) spends an editor's whole budget.
@@ -313,6 +316,7 @@ def test_api_processes_share_the_limit_through_redis(tmp_path: Path, redis_url: 
                 "KB_INGEST__WORKER_IN_API": "false", "KB_SECURITY__BOOTSTRAP_ADMIN_KEY": "false",
                 "KB_RATE_LIMITS__EMPLOYEE__REQUESTS_PER_MINUTE": "4",
                 "KB_LLM__BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "KB_LLM__CONNECT_RETRIES": "0",
+                "KB_LLM__ANSWER_MODE": "generative",
             }  # fmt: skip
             with logs[i].open("wb") as out:
                 command = [sys.executable, "-m", "app.cli", "serve"]

@@ -63,6 +63,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with shared_home(
         root / "var", root / "models",
         KB_LLM__BASE_URL=f"http://127.0.0.1:{closed}/v1", KB_LLM__CONNECT_RETRIES="0", KB_LLM__TIMEOUT_S="5",
+        KB_LLM__ANSWER_MODE="generative",  # the model's path, which is down: degraded answers
     ) as kb_home:  # fmt: skip
         c = Container(kb_home.settings)
         ensure_default_kb(c.registry, kb_home.settings)

@@ -112,7 +112,7 @@ def test_tokens_and_grounded_answers_are_counted_per_key(kb: Container, monkeypa
     generator = FakeGenerator("The canteen opens at 8 am [1].")
     service = AnswerService(
         query=kb.query, generator=generator, prompts=kb.prompts, top_k=3, citation_guard=False,
-        observer=kb.metrics,
+        support=kb.support, answer_mode="generative", observer=kb.metrics,
     )  # fmt: skip
     monkeypatch.setattr(kb, "answers", service)
     client = TestClient(create_app(kb.settings, kb))

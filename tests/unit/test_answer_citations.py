@@ -8,6 +8,7 @@ from app.answering import _Turn
 from core.types import Chunk, ScoredChunk, Usage
 from retrieval.context import Source
 from retrieval.pipeline import Retrieval
+from tests.support_scorer import support_scorer
 
 
 def source(index: int, doc: str, page: int, text: str) -> Source:
@@ -22,7 +23,7 @@ def turn() -> _Turn:
         source(3, "it-security.docx", 4, "Passwords must be at least 14 characters long."),
     ]
     retrieval = Retrieval(question="q", language="en", mode="hybrid", hits=[s.hit for s in sources], sources=sources)
-    return _Turn(time.perf_counter(), retrieval, "Not found in the knowledge base.", [], None, {})
+    return _Turn(time.perf_counter(), retrieval, "Not found in the knowledge base.", [], None, {}, support_scorer(None))
 
 
 def test_only_valid_cited_sources_become_citations_with_document_page_and_snippet() -> None:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import pytest
 
 from app.answering import AnswerService, Question
-from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds, ScoredChunk
+from core.types import Access, Answer, AnswerMode, ChatMessage, Chunk, RelevanceThresholds, ScoredChunk
 from retrieval.condense import Condenser
 from retrieval.pipeline import QueryPipeline
 from serving.prompts import PromptBook
 from tests.conftest import ALL, EVERYTHING
 from tests.fakes import FakeEmbedder, FakeGenerator, FakeReranker, FakeVectorStore
 from tests.fakes.generator import Failure, Reply
+from tests.support_scorer import support_scorer
 
 REFUSAL_EN = "Not found in the knowledge base."
 REFUSAL_ZH = "知识库中没有找到相关内容。"
@@ -59,7 +60,7 @@ class Kb:
 def make_kb(
     *replies: Reply, fail: Failure = "never", fail_after: int = 1, citation_guard: bool = True,
     thresholds: RelevanceThresholds | None = None, hidden: Sequence[tuple[str, int]] = (("parking.md", 1),),
-    condense: bool = False, corpus: bool = True, top_k: int = 3,
+    condense: bool = False, corpus: bool = True, top_k: int = 3, mode: AnswerMode = "generative",
 ) -> Kb:  # fmt: skip
     embedder = FakeEmbedder()
     store = FakeVectorStore(dimension=embedder.dimension)
@@ -78,7 +79,7 @@ def make_kb(
     condenser = Condenser(generator, PromptBook().template("condense.j2")) if condense else None
     service = AnswerService(
         query=query, generator=generator, prompts=PromptBook(), top_k=top_k, citation_guard=citation_guard,
-        condenser=condenser,
+        support=support_scorer(embedder), answer_mode=mode, condenser=condenser,
     )  # fmt: skip
     return Kb(service, generator, store, embedder)
 
@@ -207,6 +208,79 @@ def test_the_model_refusing_is_a_refusal_with_no_citations() -> None:
     assert answer.sources  # what the model was shown is still there for an admin to inspect
 
 
+# -- answers that carry the fact: support, evidence, extractive answers --------------------------------
+
+LEAVE_QUESTION = "How many days of annual leave do new employees get?"
+# What SmolLM2 wrote under the citation guard (issue 16): titles and markers, no fact.
+TITLES_ONLY = "1. [1] Leave Policy: [2] VPN Guide: [1]"
+
+
+def test_generative_mode_keeps_a_titles_only_answer_but_grounds_none_of_it() -> None:
+    kb = make_kb(TITLES_ONLY)
+    answer = ask(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    assert answer.answer == TITLES_ONLY and not answer.extractive
+    assert answer.sentences and all(not s.grounded and s.support == 0.0 for s in answer.sentences)
+    assert not answer.grounded
+
+
+def test_auto_mode_quotes_the_sources_when_the_model_states_nothing_they_support() -> None:
+    kb = make_kb(TITLES_ONLY, mode="auto")
+    answer = ask(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    assert len(kb.generator.calls) == 1
+    assert answer.extractive and not answer.degraded and not answer.refused and answer.grounded
+    assert answer.answer.splitlines()[0] == "New employees get 20 days of paid annual leave per year [1]."
+    assert answer.citations[0].doc_id == "leave-policy.md"
+    assert all(s.grounded and s.support >= 0.9 for s in answer.sentences)
+    assert answer.usage.completion_tokens > 0  # the model's tokens were spent, and are counted
+    (first,) = [c for c in answer.citations if c.index == 1]
+    assert LEAVE in [e.text for e in first.evidence]
+    assert all(first.text[e.start : e.end] == e.text for e in first.evidence)
+
+
+def test_auto_mode_keeps_a_supported_answer_and_a_wrong_number_falls_back() -> None:
+    kb = make_kb(cite(("New staff get 20 days of leave", LEAVE)), mode="auto")
+    kept = ask(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    assert not kept.extractive and kept.grounded and kept.answer.startswith("New staff get 20 days of leave [")
+    kb = make_kb(cite(("New staff get 25 days of leave", LEAVE)), mode="auto")
+    replaced = ask(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    assert replaced.extractive and "20 days" in replaced.answer and "25" not in replaced.answer
+
+
+def test_auto_mode_streams_the_model_then_sends_the_extractive_text_in_citations() -> None:
+    kb = make_kb(TITLES_ONLY, mode="auto")
+    events = stream(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    streamed = "".join(str(d["text"]) for n, d in events if n == "token")
+    assert streamed == TITLES_ONLY  # what the model wrote went out as it came
+    citations, done = payload(events, "citations"), payload(events, "done")
+    assert citations["extractive"] is True and done["extractive"] is True and done["degraded"] is False
+    assert str(citations["answer"]).startswith("New employees get 20 days of paid annual leave per year [1].")
+    assert docs(citations["citations"])[0] == "leave-policy.md"
+
+
+def test_extractive_mode_answers_without_the_model() -> None:
+    kb = make_kb("unused", mode="extractive")
+    answer = ask(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    events = stream(kb, Question(access=ALL, text=LEAVE_QUESTION))
+    assert kb.generator.calls == []
+    assert answer.extractive and answer.usage.completion_tokens == 0 and "generate_ms" not in answer.timings
+    assert "20 days of paid annual leave" in answer.answer
+    assert names(events) == ["token", "citations", "done"] and events[0][1]["text"] == answer.answer
+    zh = ask(kb, Question(access=ALL, text="报销需要在多少天内提交？"))
+    assert zh.extractive and zh.answer.startswith("报销单必须在30天内提交，并附上发票[1]。")
+    assert [c.doc_id for c in zh.citations] == ["expense-policy-zh.md"]
+
+
+def test_every_source_carries_evidence_offsets_into_its_text() -> None:
+    kb = make_kb(cite(("Unused leave can be carried over until March", CARRY)))
+    answer = ask(kb, Question(access=ALL, text="Can unused annual leave be carried over?"))
+    (cited,) = answer.citations
+    # The passage holds two sentences (neighbouring chunks merged); the evidence is the one the claim rests on.
+    assert LEAVE in cited.text and [e.text for e in cited.evidence] == [CARRY]
+    for source in answer.sources:
+        assert source.snippet.rstrip("…") in source.text
+        assert all(source.text[e.start : e.end] == e.text for e in source.evidence)
+
+
 # -- refusal, degraded answers, failures mid-stream ------------------------------------------------------
 
 
@@ -237,9 +311,12 @@ def test_generator_down_gives_a_degraded_answer_from_the_sources() -> None:
     answer = ask(kb, Question(access=ALL, text="How many days of annual leave do new employees get?"))
     assert len(kb.generator.calls) == 1
     assert answer.degraded and not answer.refused and "unavailable" in answer.message
-    assert answer.sources and answer.citations == answer.sources
-    assert answer.answer.startswith(f"[1] {answer.sources[0].title}: {answer.sources[0].snippet}")
-    assert "leave-policy.md" in {s.doc_id for s in answer.sources}
+    # Still an answer: the sentence of the sources that states the fact, quoted with its citation.
+    assert answer.extractive and answer.grounded
+    assert answer.answer == "New employees get 20 days of paid annual leave per year [1]."
+    assert [c.doc_id for c in answer.citations] == ["leave-policy.md"] and answer.citations[0] in answer.sources
+    (evidence,) = answer.citations[0].evidence
+    assert answer.citations[0].text[evidence.start : evidence.end] == evidence.text == LEAVE
 
 
 def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
@@ -248,8 +325,9 @@ def test_generator_down_before_the_stream_replays_the_degraded_answer() -> None:
     assert names(events) == ["token", "citations", "done"]
     citations, done = payload(events, "citations"), payload(events, "done")
     assert done["degraded"] is True and done["refused"] is False and "unavailable" in str(done["message"])
-    assert citations["citations"] == citations["sources"] and "leave-policy.md" in docs(citations["sources"])
-    assert str(events[0][1]["text"]).startswith("[1] ")
+    assert done["extractive"] is True and citations["extractive"] is True
+    assert docs(citations["citations"]) == ["leave-policy.md"] and "leave-policy.md" in docs(citations["sources"])
+    assert events[0][1]["text"] == citations["answer"] == "New employees get 20 days of paid annual leave per year [1]."
     assert len(kb.generator.calls) == 1 and kb.generator.calls[0].streamed
 
 
@@ -268,7 +346,7 @@ def test_generator_dying_mid_stream_ends_with_an_error_event() -> None:
 
 
 def test_stream_sends_tokens_then_citations_then_done() -> None:
-    reply = cite(("New staff get 20 days of leave", LEAVE), ("It carries over until March", CARRY))
+    reply = cite(("New staff get 20 days of leave", LEAVE), ("Unused leave can be carried over until March", CARRY))
     kb = make_kb(reply)
     question = Question(
         access=ALL, text="How many days of annual leave do new employees get, and can it be carried over?"
@@ -350,7 +428,7 @@ HISTORY = [
 
 
 def test_history_goes_to_the_model_between_instructions_and_question() -> None:
-    kb = make_kb(cite(("It carries over until March", CARRY)))
+    kb = make_kb(cite(("Unused leave can be carried over until March", CARRY)))
     history = [ChatMessage(role="user", content="Hello"), ChatMessage(role="assistant", content="Hi."), *HISTORY]
     answer = ask(kb, Question(access=ALL, text="Can unused leave be carried over?", history=history))
     (call,) = kb.generator.calls

@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from evaluation.metrics import exact_match, f1_score, mean, mrr_at, ndcg_at, percentile, recall_at
+from evaluation.metrics import contains_answer, exact_match, f1_score, mean, mrr_at, ndcg_at, percentile, recall_at
 from evaluation.reports import to_json
+from evaluation.support_eval import Separation
 from retrieval.relevance import lexical_coverage
 
 
@@ -43,3 +44,17 @@ def test_lexical_coverage_ignores_stop_words_and_handles_chinese() -> None:
     assert lexical_coverage("What is the VPN password policy?", ["VPN password rules"]) == pytest.approx(2 / 3)
     assert lexical_coverage("报销单要在多少天内提交？", ["报销单必须在30天内提交。"]) == pytest.approx(4 / 5)
     assert lexical_coverage("anything", []) is None
+
+
+def test_contains_answer_ignores_case_and_spaces() -> None:
+    assert contains_answer("New employees get 15 days [1].", ["15 days"])
+    assert contains_answer("贾里德职业生涯擒杀136次[1]。", ["136 次"])
+    assert contains_answer("The DENVER Broncos won.", ["Denver Broncos"])
+    assert not contains_answer("New employees get 15 days [1].", ["25 days", ""])
+
+
+def test_support_calibration_separates_supported_from_unsupported_claims() -> None:
+    sep = Separation(supported=[0.9, 0.8, 0.7, 0.4], wrong_passage=[0.1, 0.2, 0.5], wrong_fact=[0.0, 0.6])
+    sep.calibrate()
+    assert sep.threshold == 0.7  # keeps 3 of 4 supported, rejects all 5 others: the best balance
+    assert (sep.supported_recall, sep.wrong_passage_recall, sep.wrong_fact_recall) == (0.75, 1.0, 1.0)

@@ -14,6 +14,7 @@ from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds
 from retrieval.pipeline import QueryPipeline
 from serving.prompts import PromptBook
 from tests.fakes import FakeEmbedder, FakeGenerator, FakeVectorStore
+from tests.support_scorer import support_scorer
 
 FACT = "The Falcon project launches in March with a budget of two million euros."
 QUESTION = Question(text="When does the new project launch?", access=Access.groups(["a"]))
@@ -30,7 +31,10 @@ def service(reply: str, *, piece_chars: int = 5) -> tuple[AnswerService, FakeGen
     store.upsert("default", [chunk], embedder.embed([chunk.text], "passage"))
     generator = FakeGenerator(reply, piece_chars=piece_chars)
     query = QueryPipeline(embedder=embedder, store=store, candidates=5, thresholds=RelevanceThresholds.off())
-    answers = AnswerService(query=query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=False)
+    answers = AnswerService(
+        query=query, generator=generator, prompts=PromptBook(), top_k=3, citation_guard=False,
+        support=support_scorer(embedder),
+    )  # fmt: skip
     return answers, generator
 
 
