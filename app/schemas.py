@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from core.names import KB_NAME_PATTERN
-from core.types import Answer, ChatMessage, Citation, SearchMode
+from core.types import Answer, AnswerMode, ChatMessage, Citation, SearchMode
 from retrieval.pipeline import Retrieval
 
 
@@ -37,6 +37,12 @@ class AskRequest(RetrievalScope):
     )
     history: list[HistoryMessage] = Field(
         default_factory=list, description="at most limits.max_history_messages messages (20 by default)"
+    )
+    answer_mode: AnswerMode | None = Field(
+        None,
+        description="generative: the model's text; extractive: sentences quoted from the sources (no model "
+        "call); auto: the model's text when a sentence of it is supported by what it cites, else quotes. "
+        "Default: the server's llm.answer_mode.",
     )
     stream: bool = False
 

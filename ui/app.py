@@ -34,6 +34,7 @@ CSS = """
 .kb-badge { display: inline-block; padding: 2px 10px; border-radius: 999px; font-size: 0.85em; font-weight: 600; }
 .kb-badge-refused { background: #fff4e5; color: #8a4b00; border: 1px solid #f3c98b; }
 .kb-badge-degraded { background: #fdecea; color: #8a1c12; border: 1px solid #f5c2bd; }
+.kb-badge-extractive { background: #e8f1fd; color: #174ea6; border: 1px solid #b6cff5; }
 .kb-uncited { text-decoration: underline dotted #c77700; text-decoration-thickness: 2px; background: #fff8e1; }
 .kb-uncited-mark { color: #c77700; }
 .kb-legend { font-size: 0.85em; color: #6b5a2a; }
@@ -47,6 +48,7 @@ CSS = """
 .kb-card-page, .kb-card-state { font-size: 0.8em; opacity: 0.75; margin-left: 6px; }
 .kb-card-snippet { font-size: 0.9em; margin: 4px 0; }
 .kb-card-snippet mark { background: #fff0a8; padding: 0 1px; }
+.kb-card-snippet mark.kb-evidence { background: #c8f0c8; }
 .kb-card-foot { font-size: 0.8em; display: flex; gap: 12px; align-items: center; }
 .kb-job { border: 1px solid #d6dbe1; border-radius: 8px; padding: 10px 14px; }
 .kb-job-title { font-weight: 600; margin-bottom: 6px; }

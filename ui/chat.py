@@ -165,6 +165,7 @@ def build_chat(config: UiConfig, labels: Labels, session_state: gr.State, lang_s
             answer=answer, sentences=citations.get("sentences") or [], sources=citations.get("sources") or [],
             cited=[int(c.get("index", 0)) for c in citations.get("citations") or []], question=text,
             refused=refused, degraded=degraded, message=str(done.get("message", "")), lang=lang, link=link,
+            extractive=bool(citations.get("extractive") or done.get("extractive")),
         )  # fmt: skip
         chat = [*chat[:-1], {"role": "assistant", "content": content}]
         conv.turns.extend([{"role": "user", "content": text}, {"role": "assistant", "content": answer}])

@@ -69,7 +69,7 @@ def highlight(text: str, question: str) -> str:
     return "".join(out)
 
 
-def _uncited(text: str, label: str) -> str:
+def _flagged(text: str, label: str) -> str:
     # Per line: a span must not cross the line breaks Markdown turns into blocks.
     return "\n".join(
         f'<span class="kb-uncited" title="{esc(label)}">{esc(line)}</span><sup class="kb-uncited-mark">⚠</sup>'
@@ -80,9 +80,9 @@ def _uncited(text: str, label: str) -> str:
 
 
 def answer_html(answer: str, sentences: Sequence[Mapping[str, Any]], lang: str) -> str:
-    """The answer escaped, each sentence that cites no source marked. The sentences are found in the answer
-    in order, so that its line breaks and lists survive."""
-    label = t(lang, "chat.uncited")
+    """The answer escaped, each sentence that is not grounded marked: one that cites no source, and one
+    whose cited source does not support what it says (the API's support check). The sentences are found in
+    the answer in order, so that its line breaks and lists survive."""
     out: list[str] = []
     pos = 0
     marked = False
@@ -93,8 +93,9 @@ def answer_html(answer: str, sentences: Sequence[Mapping[str, Any]], lang: str) 
         at = answer.find(text, pos)
         if at < 0:
             continue
+        label = t(lang, "chat.unsupported" if sentence.get("citations") else "chat.uncited")
         out.append(esc(answer[pos:at]))
-        out.append(_uncited(text, label))
+        out.append(_flagged(text, label))
         pos = at + len(text)
         marked = True
     out.append(esc(answer[pos:]))
@@ -109,13 +110,53 @@ def streaming_html(partial: str) -> str:
     return esc(partial) + ' <span class="kb-cursor">▍</span>'
 
 
-def badges(*, refused: bool, degraded: bool, lang: str) -> str:
+def badges(*, refused: bool, degraded: bool, lang: str, extractive: bool = False) -> str:
     out = []
     if refused:
         out.append(f'<span class="kb-badge kb-badge-refused">{esc(t(lang, "chat.refused"))}</span>')
     if degraded:
         out.append(f'<span class="kb-badge kb-badge-degraded">{esc(t(lang, "chat.degraded"))}</span>')
+    elif extractive and not refused:
+        out.append(f'<span class="kb-badge kb-badge-extractive">{esc(t(lang, "chat.extractive"))}</span>')
     return " ".join(out)
+
+
+_CONTEXT_CHARS = 160
+
+
+def evidence_html(source: Mapping[str, Any], question: str) -> str | None:
+    """The part of a cited passage that supports the answer: its evidence sentences marked, with up to
+    _CONTEXT_CHARS of the passage on either side. None when the source carries no usable evidence (the
+    card then shows the snippet). Offsets come from the API; ones that do not match the passage are
+    ignored rather than trusted."""
+    text = str(source.get("text") or "")
+    spans: list[tuple[int, int]] = []
+    for item in source.get("evidence") or []:
+        if not isinstance(item, Mapping):
+            continue
+        start, end = item.get("start"), item.get("end")
+        if not isinstance(start, int) or not isinstance(end, int) or not 0 <= start < end <= len(text):
+            continue
+        if text[start:end] != item.get("text"):
+            continue
+        spans.append((start, end))
+    if not spans:
+        return None
+    spans.sort()
+    begin = max(0, spans[0][0] - _CONTEXT_CHARS)
+    finish = min(len(text), spans[-1][1] + _CONTEXT_CHARS)
+    out = ["…" if begin else ""]
+    pos = begin
+    for first, end in spans:
+        start = max(first, pos)  # overlapping evidence: the rest of it, marked once
+        if end <= start:
+            continue
+        out.append(highlight(text[pos:start], question))
+        out.append(f'<mark class="kb-evidence">{esc(text[start:end])}</mark>')
+        pos = end
+    out.append(highlight(text[pos:finish], question))
+    out.append("…" if finish < len(text) else "")
+    return "".join(out)
 
 
 def source_cards(
@@ -126,8 +167,9 @@ def source_cards(
     lang: str,
     link: Callable[[Mapping[str, Any]], str | None] = lambda _: None,
 ) -> str:
-    """Numbered cards, cited sources first: title, page, snippet with the question's words highlighted, and
-    a download link where `link` gives one. One line of HTML, so that Markdown leaves it alone."""
+    """Numbered cards, cited sources first: title, page, the evidence of a cited source (or the snippet)
+    with the question's words highlighted, and a download link where `link` gives one. One line of HTML,
+    so that Markdown leaves it alone."""
     if not sources:
         return ""
     cited_set = set(cited)
@@ -147,12 +189,15 @@ def source_cards(
         )
         doc_id = esc(source.get("doc_id", ""))
         title = esc(source.get("title") or source.get("doc_id", ""))
+        # A cited source shows the sentences that back the answer; the others their opening lines.
+        evidence = evidence_html(source, question) if is_cited else None
+        shown = evidence if evidence is not None else highlight(str(source.get("snippet", "")), question)
         cards.append(
             f'<div class="kb-card{" kb-card-cited" if is_cited else ""}" data-doc-id="{doc_id}">'
             f'<div class="kb-card-head"><span class="kb-card-num">[{index}]</span> '
             f'<strong class="kb-card-title">{title}</strong> '
             f'{where} <span class="kb-card-state">{esc(state)}</span></div>'
-            f'<div class="kb-card-snippet">{highlight(str(source.get("snippet", "")), question)}</div>'
+            f'<div class="kb-card-snippet">{shown}</div>'
             f'<div class="kb-card-foot"><code class="kb-card-doc">{doc_id}</code> {download}</div>'
             "</div>"
         )
@@ -171,15 +216,17 @@ def assistant_message(
     degraded: bool,
     message: str,
     lang: str,
+    extractive: bool = False,
     link: Callable[[Mapping[str, Any]], str | None] = lambda _: None,
 ) -> str:
-    """A finished answer: badges, the text with uncited sentences marked, then its source cards."""
+    """A finished answer: badges, the text with ungrounded sentences marked, then its source cards. An
+    extractive answer (quotes from the sources, also what a degraded answer is) is shown like any other."""
     parts = []
-    head = badges(refused=refused, degraded=degraded, lang=lang)
+    head = badges(refused=refused, degraded=degraded, lang=lang, extractive=extractive)
     if head:
         parts.append(head)
-    if degraded:
-        # The passages are the cards below; the text would repeat them.
+    if degraded and not (extractive and answer.strip()):
+        # No quotes either: the passages are the cards below.
         parts.append(esc(message or t(lang, "chat.degraded")))
     elif refused:
         parts.append(esc(answer))

@@ -65,8 +65,9 @@ async def ask(request: Request, body: AskRequest, caller: Asker) -> Answer | Res
     history = [m.chat() for m in body.history]
     await asking.admit(kb=body.kb, question=body.question, history=history)
     question = Question(
-        text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=history
-    )
+        text=body.question, access=caller.access, kb=body.kb, top_k=body.top_k, mode=body.mode, history=history,
+        answer_mode=body.answer_mode,
+    )  # fmt: skip
     if not body.stream:
         return await asking.answer(question)
     stream = asking.stream(question)

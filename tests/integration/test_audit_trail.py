@@ -176,3 +176,21 @@ def test_questions_can_be_audited_as_hashes(tmp_path: Path) -> None:
         assert all("question" not in r.detail and "VPN" not in json.dumps(r.as_dict()) for r in rows)
     finally:
         container.store._client.close()
+
+
+def test_a_request_may_choose_the_answer_mode(kb: Container, client: TestClient) -> None:
+    key = kb.keys.create(name="mode-chooser", role=Role.employee, groups=["a"], kbs=["default"]).secret
+    question = {"question": "How many days of annual leave do new employees get?"}
+    # The server's mode is generative and its model is down: degraded.
+    default = client.post("/ask", json=question, headers=bearer(key)).json()
+    assert default["degraded"] is True
+    # Extractive asks no model: the same quotes, not degraded.
+    quoted = client.post("/ask", json={**question, "answer_mode": "extractive"}, headers=bearer(key))
+    assert quoted.status_code == 200, quoted.text
+    body = quoted.json()
+    assert body["extractive"] is True and body["degraded"] is False
+    assert "25 days" in body["answer"] and body["citations"][0]["doc_id"] == "leave.md"
+    evidence = body["citations"][0]["evidence"][0]
+    assert body["citations"][0]["text"][evidence["start"] : evidence["end"]] == evidence["text"]
+    bad = client.post("/ask", json={**question, "answer_mode": "poetic"}, headers=bearer(key))
+    assert bad.status_code == 422 and "error" in bad.json()

@@ -12,7 +12,15 @@ import pytest
 from ui.client import ApiError, KbClient, Unreachable
 from ui.downloads import Tickets
 from ui.i18n import LABELS, language_of, t
-from ui.render import answer_html, assistant_message, highlight, job_progress, question_terms, source_cards
+from ui.render import (
+    answer_html,
+    assistant_message,
+    evidence_html,
+    highlight,
+    job_progress,
+    question_terms,
+    source_cards,
+)
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -58,6 +66,43 @@ def test_badges_for_refusals_and_degraded_answers() -> None:
     assert "kb-badge-refused" in refused and "Not in the documents" in refused
     degraded = assistant_message(answer="[1] x", refused=False, degraded=True, **common)  # type: ignore[arg-type]
     assert "kb-badge-degraded" in degraded and "model down" in degraded
+
+
+def test_a_sentence_whose_source_does_not_support_it_is_marked_as_such() -> None:
+    answer = "Leave is 20 days [1]. Ask HR."
+    sentences = [{"text": "Leave is 20 days [1].", "citations": [1], "grounded": False},
+                 {"text": "Ask HR.", "citations": [], "grounded": False}]  # fmt: skip
+    shown = answer_html(answer, sentences, "en")
+    assert f'title="{t("en", "chat.unsupported")}">Leave is 20 days [1].</span>' in shown
+    assert f'title="{t("en", "chat.uncited")}">Ask HR.</span>' in shown
+
+
+def test_extractive_answers_show_their_quotes_with_a_badge_also_when_the_model_is_down() -> None:
+    common = {"sentences": [], "sources": [], "cited": [1], "question": "q", "message": "model down", "lang": "zh"}
+    quoted = "新员工享有15天带薪年假。[1]"
+    extractive = assistant_message(answer=quoted, refused=False, degraded=False, extractive=True, **common)  # type: ignore[arg-type]
+    assert "kb-badge-extractive" in extractive and t("zh", "chat.extractive") in extractive and quoted in extractive
+    degraded = assistant_message(answer=quoted, refused=False, degraded=True, extractive=True, **common)  # type: ignore[arg-type]
+    assert "kb-badge-degraded" in degraded and "kb-badge-extractive" not in degraded and quoted in degraded
+    assert "model down" not in degraded
+
+
+def test_a_cited_card_shows_its_evidence_marked_in_context() -> None:
+    text = "Intro line. " * 30 + "New employees get 15 days of <paid> leave. " + "Tail text. " * 30
+    start = text.index("New employees")
+    end = start + len("New employees get 15 days of <paid> leave.")
+    source = {"index": 1, "doc_id": "d", "title": "Leave", "snippet": text[:80], "text": text,
+              "evidence": [{"text": text[start:end], "start": start, "end": end}]}  # fmt: skip
+    shown = evidence_html(source, "leave days")
+    assert shown is not None and shown.startswith("…") and shown.endswith("…")
+    assert '<mark class="kb-evidence">New employees get 15 days of &lt;paid&gt; leave.</mark>' in shown
+    assert len(shown) < len(text)
+    card = source_cards([source], cited=[1], question="leave", lang="en")
+    assert "kb-evidence" in card
+    # A source that is only consulted shows its opening lines; offsets that do not match the text are ignored.
+    assert "kb-evidence" not in source_cards([source], cited=[], question="leave", lang="en")
+    forged = {**source, "evidence": [{"text": "<b>x</b>", "start": 0, "end": 8}]}
+    assert evidence_html(forged, "leave") is None
 
 
 def test_cards_put_cited_sources_first() -> None:
