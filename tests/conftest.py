@@ -84,3 +84,12 @@ def postgres() -> Iterator[object]:
 
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[object]:
+    """PostgreSQL, Redis and a Milvus server URI for the whole session (tests/services.py)."""
+    from tests.services import running_services
+
+    with running_services() as running:
+        yield running

@@ -18,6 +18,7 @@ from app.main import create_app
 from app.settings import Settings
 from core.procs import free_port
 from tests.integration.conftest import write
+from tests.services import BACKENDS, backend_settings
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,8 @@ VPN = "# VPN\n\nVPN access expires after 90 days; renew it in the self-service p
 LEAVE = "# Leave\n\nNew employees get 25 days of paid annual leave per year.\n"
 
 
-def settings_for(home: Path, **security: Any) -> Settings:
-    return Settings.model_validate({
+def settings_for(home: Path, request: pytest.FixtureRequest, backend: str, **security: Any) -> Settings:
+    return Settings.model_validate(backend_settings(request, backend, {
         "home": home, "models_dir": home / "models", "api": {"ui_enabled": False},
         "reranker": {"enabled": False}, "ingest": {"worker_in_api": False},
         # The model's path (down here, so answers are degraded), not the extractive default.
@@ -35,13 +36,14 @@ def settings_for(home: Path, **security: Any) -> Settings:
             "answer_mode": "generative",
         },
         "security": security,
-    })  # fmt: skip
+    }))  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+# On the embedded default and again on PostgreSQL, Redis and a Milvus server.
+@pytest.fixture(scope="module", params=BACKENDS)
+def kb(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Container]:
     home = tmp_path_factory.mktemp("kbhome")
-    container = Container(settings_for(home, sensitive_terms=["Project Falcon"]))
+    container = Container(settings_for(home, request, request.param, sensitive_terms=["Project Falcon"]))
     docs = home / "docs"
     paths = [write(docs / "vpn.md", VPN), write(docs / "leave.md", LEAVE)]
     results = container.ingest.ingest_paths(paths, kb="default", acl_groups=["a"])
@@ -158,9 +160,9 @@ def test_a_sensitive_question_is_refused_and_audited(kb: Container, client: Test
     ]  # fmt: skip
 
 
-def test_questions_can_be_audited_as_hashes(tmp_path: Path) -> None:
+def test_questions_can_be_audited_as_hashes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     home = tmp_path / "var"
-    container = Container(settings_for(home, audit_questions="hash"))
+    container = Container(settings_for(home, request, "embedded", audit_questions="hash"))
     try:
         container.ingest.ingest_paths([write(tmp_path / "vpn.md", VPN)], kb="default", acl_groups=["a"])
         staff = container.keys.create(name="staff", role=Role.employee, groups=["a"], kbs=["default"]).secret

@@ -26,6 +26,7 @@ from app.main import create_app
 from app.settings import Settings
 from core.procs import free_port
 from tests.integration.docgen import docx_with_table, text_pdf
+from tests.services import BACKENDS, backend_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,19 +46,22 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
-def _settings(home: Path) -> Settings:
-    return Settings.model_validate({
+def _settings(home: Path, request: pytest.FixtureRequest, backend: str) -> Settings:
+    return Settings.model_validate(backend_settings(request, backend, {
         "home": home, "models_dir": home / "models", "api": {"ui_enabled": False},
         "reranker": {"enabled": False}, "ingest": {"worker_in_api": True, "purge_grace_s": 0.5},
-        "llm": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0, "timeout_s": 5},
+        # The model's path (its server is down, so answers are degraded), not the extractive default.
+        "llm": {"base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0, "timeout_s": 5,
+                "answer_mode": "generative"},
         "rate_limits": {"enabled": False}, "limits": {"max_upload_mb": 1, "max_upload_files": MAX_FILES},
-    })  # fmt: skip
+    }))  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+# The whole module runs on the embedded default and again on PostgreSQL, Redis and a Milvus server.
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("docs-api")
-    container = Container(_settings(home))
+    container = Container(_settings(home, request, request.param))
     container.registry.create_knowledge_base("default", default_groups=["a"])
     container.registry.create_knowledge_base("other", default_groups=["a"])
     keys = container.keys

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,11 +26,11 @@ from app.auth.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings
-from core.procs import free_port, port_open
+from core.procs import free_port
 from ingest.registry import Registry
-from tests.conftest import running_in_ci
 from tests.integration.conftest import write
 from tests.servers import wait_until_ready
+from tests.services import redis_server
 from tests.slow_llm import SlowLLM, running_slow_llm
 
 pytestmark = pytest.mark.integration
@@ -276,27 +275,8 @@ def test_a_client_that_hangs_up_cancels_its_answer(api: Api) -> None:
 # -- Redis: one budget for every API process -------------------------------------------------------------
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if running_in_ci():
-            pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(message)
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while not port_open("127.0.0.1", port):
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 def test_api_processes_share_the_limit_through_redis(tmp_path: Path, redis_url: str) -> None:
