@@ -28,6 +28,7 @@ from httpx_sse import connect_sse
 from core.procs import free_port, pid_alive, port_open
 from tests.conftest import DATA, ROOT
 from tests.e2e.conftest import LLM_PYTHON, MODELS_DIR, require_llm
+from tests.servers import wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -76,19 +77,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with log.open("wb") as out:
         proc = subprocess.Popen([KB, "up"], cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{api_port}"
-    deadline = time.monotonic() + 600
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kb up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"kb up not ready after 600 s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        try:
+            wait_until_ready(proc, f"{url}/healthz", log, timeout_s=600, what="kb up", poll_s=2)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         # The first start printed the admin key once; the suite signs in with it like an administrator would.
         found = ADMIN_KEY.findall(log.read_text())
         assert len(found) == 1, f"expected one admin key in the start-up output:\n{log.read_text()[-4000:]}"

@@ -29,6 +29,7 @@ from tests.e2e import browser as ui_browser
 from tests.e2e.browser import last_answer, send_question, shot, sign_in, wait_answer
 from tests.e2e.conftest import LLM_PYTHON, MODELS_DIR, require_llm
 from tests.e2e.test_stack import ADMIN_KEY
+from tests.servers import wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -112,18 +113,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebStack]:
                                 stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{api_port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kb up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"kb up not ready after 600 s:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
+        try:
+            wait_until_ready(proc, f"{url}/healthz", log, timeout_s=600, what="kb up", poll_s=2)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         found = ADMIN_KEY.findall(log.read_text())
         assert len(found) == 1, log.read_text()[-4000:]
         web = WebStack(url=url, key=found[0], env=env, proc=proc, home=home, log=log, docs=home / "docs")
