@@ -34,7 +34,7 @@ from app.ratelimit import RateLimiter
 from app.readiness import Readiness, container_checks
 from app.request_context import RequestContext
 from app.settings import Settings
-from app.tracing import TracingMiddleware, configure_tracing
+from app.tracing import TraceIds, configure_tracing, fastapi_telemetry
 from app.uploads import UploadLimits
 from app.worker import WorkerSupervisor, run_worker
 
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         version="0.1.0",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        telemetry=fastapi_telemetry(settings.tracing),
     )
     app.state.container = container
     app.state.settings = settings
@@ -109,8 +110,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # Runs before the others: every request gets its id before anything can refuse it.
     app.add_middleware(RequestContext, audit=lambda: container.audit)
     if settings.tracing.enabled:
-        # Outside the request id, so that the access log line is written inside the request's span.
-        app.add_middleware(TracingMiddleware)
+        app.add_middleware(TraceIds)
     # Added last, so outermost: it sees the status the client got and the principal auth left behind.
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
 

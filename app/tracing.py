@@ -1,21 +1,22 @@
 """OpenTelemetry tracing, off by default (`KB_TRACING__ENABLED`).
 
 kb's own code opens its spans through opentelemetry-api (core/tracing.py: a span per answer stage and per
-ingested file); this module installs the SDK that records and exports them, over OTLP/HTTP, and traces each
-HTTP request as the server span those stages belong to. Trace ids go into the JSON logs (`trace_id`) and
-into every response (`X-Trace-Id`), beside the request id.
+ingested file); this module installs the SDK that records and exports them over OTLP/HTTP, and turns on
+FastAPI's own request spans, which those stages belong to. Trace ids go into the JSON logs (`trace_id`,
+app/logs.py) and into every response (`X-Trace-Id`), beside the request id.
 """
 
 from __future__ import annotations
 
 import logging
 
-from opentelemetry import propagate, trace
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
+from opentelemetry.trace import format_trace_id
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -75,48 +76,37 @@ def current_trace_id() -> str | None:
     return format_trace_id(context.trace_id) if context.is_valid else None
 
 
-class TracingMiddleware:
-    """A server span per HTTP request, continuing the caller's trace when it sends a `traceparent`; the
-    answer's stage spans are its children. Pure ASGI, so streamed answers are inside their span; outside the
-    request-id middleware, so the access log line carries the trace id."""
+def fastapi_telemetry(settings: TracingSettings) -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry (`FastAPI(telemetry=...)`): the server span of each request, continuing a
+    caller's `traceparent`, named by route template. Its metrics and log events stay off: kb's metrics are
+    Prometheus' and its logs are JSON lines. Its spans around dependencies and the endpoint stay off too, so
+    that an answer's stages (core/tracing.py) are the request span's own children."""
+    return TelemetryConfig(tracing=settings.enabled, metrics=False, logs=False, operation_spans=False)
+
+
+class TraceIds:
+    """Puts the request's trace id in the `X-Trace-Id` response header, beside `X-Request-Id`, and the request
+    id on the request's span, so that either one finds the other. Pure ASGI: streamed answers pass through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._tracer = trace.get_tracer("kb.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        span = trace.get_current_span()
+        trace_id = current_trace_id()
+        if scope["type"] != "http" or trace_id is None:
             await self.app(scope, receive, send)
             return
-        method = str(scope["method"])
-        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
-        with self._tracer.start_as_current_span(
-            method, context=propagate.extract(carrier), kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": str(scope["path"])},
-        ) as span:  # fmt: skip
-            trace_id = current_trace_id()
-            state = scope.setdefault("state", {})
-            if trace_id:
-                # For the handler of unexpected errors, which runs outside every middleware.
-                state["trace_id"] = trace_id
+        state = scope.setdefault("state", {})
+        # For the handler of unexpected errors, which runs outside every middleware.
+        state["trace_id"] = trace_id
 
-            async def send_traced(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(StatusCode.ERROR)
-                    if trace_id:
-                        MutableHeaders(scope=message)[TRACE_HEADER] = trace_id
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_traced)
-            finally:
-                # The route template, not the raw path: span names stay few (one per endpoint).
-                template = getattr(scope.get("route"), "path", None)
-                if template:
-                    span.update_name(f"{method} {template}")
-                    span.set_attribute("http.route", template)
+        async def send_with_trace_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[TRACE_HEADER] = trace_id
+                # Now: FastAPI ends the span with the response's last byte, before this middleware returns.
                 if state.get("request_id"):
                     span.set_attribute("kb.request_id", str(state["request_id"]))
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace_id)
