@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # Runs before the others: every request gets its id before anything can refuse it.
     app.add_middleware(RequestContext, audit=lambda: container.audit)
     if settings.tracing.enabled:
+        # Outside the request id middleware, so that it can put the request id on the request's span.
         app.add_middleware(TraceIds)
     # Added last, so outermost: it sees the status the client got and the principal auth left behind.
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
