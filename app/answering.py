@@ -15,6 +15,7 @@ from anyio import to_thread
 from app.metrics import failure_kind
 from core.protocols import Generator, GeneratorUnavailable
 from core.text import is_wide
+from core.tracing import stage
 from core.types import (
     Access,
     Answer,
@@ -82,18 +83,16 @@ class AnswerService:
 
     async def retrieve(self, question: Question) -> Retrieval:
         flt = SearchFilter(access=question.access)
-        query, condense_ms = fallback_query(question.text, question.history), None
+        query, condensed = fallback_query(question.text, question.history), dict[str, float]()
         if self._condenser is not None and question.history:
-            t = time.perf_counter()
-            query = (await self._condenser.condense(question.text, question.history)).query
-            condense_ms = (time.perf_counter() - t) * 1000
+            with stage(condensed, "condense"):
+                query = (await self._condenser.condense(question.text, question.history)).query
         retrieval = await to_thread.run_sync(
             lambda: self._query.search(
                 query, kb=question.kb, top_k=question.top_k or self._top_k, mode=question.mode, flt=flt,
             )
         )  # fmt: skip
-        if condense_ms is not None:
-            retrieval.timings["condense_ms"] = condense_ms
+        retrieval.timings.update(condensed)
         if self._observer is not None:
             self._observer.observe_retrieval(retrieval)
         return retrieval
@@ -104,16 +103,16 @@ class AnswerService:
             return turn.refusal_answer()
         if turn.mode == "extractive":
             return await to_thread.run_sync(turn.extractive_answer)
-        t = time.perf_counter()
         try:
-            result = await self._generator.generate(
-                turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens, temperature=question.temperature
-            )
+            with stage(turn.timings, "generate"):
+                result = await self._generator.generate(
+                    turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens,
+                    temperature=question.temperature,
+                )  # fmt: skip
         except GeneratorUnavailable as exc:
             log.warning("degraded answer: %s", exc)
             self._model_failed(exc)
             return await to_thread.run_sync(turn.degraded_answer)
-        turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
         return await to_thread.run_sync(turn.final_answer, result.text, result.usage)
 
     async def stream(self, question: Question) -> AsyncGenerator[StreamEvent]:
@@ -133,18 +132,20 @@ class AnswerService:
             return
         parts: list[str] = []
         usage = Usage()
-        t = time.perf_counter()
         try:
-            async for delta in self._generator.stream(
-                turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens, temperature=question.temperature
-            ):
-                if delta.text:
-                    if not parts:
-                        turn.timings["first_token_ms"] = (time.perf_counter() - turn.started) * 1000
-                    parts.append(delta.text)
-                    yield StreamEvent("token", {"text": delta.text})
-                if delta.usage is not None:
-                    usage = delta.usage
+            # Not the current span: this generator's consumer may resume it in another context.
+            with stage(turn.timings, "generate", current=False):
+                async for delta in self._generator.stream(
+                    turn.messages, pattern=turn.pattern, max_tokens=question.max_tokens,
+                    temperature=question.temperature,
+                ):  # fmt: skip
+                    if delta.text:
+                        if not parts:
+                            turn.timings["first_token_ms"] = (time.perf_counter() - turn.started) * 1000
+                        parts.append(delta.text)
+                        yield StreamEvent("token", {"text": delta.text})
+                    if delta.usage is not None:
+                        usage = delta.usage
         except GeneratorUnavailable as exc:
             log.warning("stream failed: %s", exc)
             self._model_failed(exc)
@@ -154,7 +155,6 @@ class AnswerService:
             async for event in _replay(await to_thread.run_sync(turn.degraded_answer)):
                 yield event
             return
-        turn.timings["generate_ms"] = (time.perf_counter() - t) * 1000
         answer = await to_thread.run_sync(turn.final_answer, "".join(parts), usage)
         yield _citations_event(answer)
         yield _done_event(answer)
@@ -237,9 +237,8 @@ class _Turn:
             ignore = {s.title for s in self.retrieval.sources} | {
                 part for s in self.retrieval.sources for part in s.hit.chunk.section.split(" > ")
             }
-            t = time.perf_counter()
-            self._reading = self.support.read(passages, ignore=sorted(ignore))
-            self.timings["support_ms"] = self.timings.get("support_ms", 0.0) + (time.perf_counter() - t) * 1000
+            with stage(self.timings, "support"):
+                self._reading = self.support.read(passages, ignore=sorted(ignore))
         return self._reading
 
     def refusal_answer(self) -> Answer:
@@ -261,18 +260,17 @@ class _Turn:
     def extractive_answer(self, usage: Usage | None = None) -> Answer:
         """The sentences of the sources that best answer the question, each quoted with its [n]."""
         reading = self.reading()
-        t = time.perf_counter()
-        quotes = reading.extract(self.question, limit=self.extractive_sentences)
-        sources = self._sources()
-        if not quotes:  # passages without a single sentence (a table, a list): show the passages themselves
-            text = "\n\n".join(f"[{c.index}] {c.title}: {c.snippet}" for c in sources)
-            cited = [c.index for c in sources]
-        else:
-            text = "\n".join(_quoted(q.span.text, q.index) for q in quotes)
-            cited = list(dict.fromkeys(q.index for q in quotes))
-        check = check_citations(text, len(sources))
-        sentences = reading.ground(split_sentences(check.text))
-        self.timings["extract_ms"] = (time.perf_counter() - t) * 1000
+        with stage(self.timings, "extract"):
+            quotes = reading.extract(self.question, limit=self.extractive_sentences)
+            sources = self._sources()
+            if not quotes:  # passages without a single sentence (a table, a list): show the passages themselves
+                text = "\n\n".join(f"[{c.index}] {c.title}: {c.snippet}" for c in sources)
+                cited = [c.index for c in sources]
+            else:
+                text = "\n".join(_quoted(q.span.text, q.index) for q in quotes)
+                cited = list(dict.fromkeys(q.index for q in quotes))
+            check = check_citations(text, len(sources))
+            sentences = reading.ground(split_sentences(check.text))
         sources = self._with_evidence(sources, sentences, quotes)
         return Answer(
             answer=check.text, citations=[sources[n - 1] for n in sorted(cited)], sources=sources,

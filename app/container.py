@@ -54,6 +54,8 @@ class Container:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        # Set once `warm_up` has loaded the models and opened the connections: readiness asks.
+        self.warmed_up = False
 
     @cached_property
     def embedder(self) -> ProfiledEmbedder:
@@ -295,3 +297,4 @@ class Container:
         _ = self.embedder, self.store, self.reranker, self.registry, self.keys, self.ingest, self.query, self.answers
         _ = self.audit, self.sensitive, self.feedback
         self.embedder.embed(["warm-up"], "query")
+        self.warmed_up = True

@@ -229,10 +229,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # This handler runs outside every middleware, so it sets the request id header itself.
         rid = _request_id(request)
-        log.exception("unhandled error", extra={"request_id": rid, "method": request.method, "path": request.url.path})
-        return json_error(
-            request, 500, "internal_error", "internal error; see the server log", {"x-request-id": rid} if rid else None
-        )
+        # The trace id, when tracing is on, comes the same way (app/tracing.py's TraceIds puts it there).
+        trace_id = str(getattr(request.state, "trace_id", ""))
+        extra = {"request_id": rid, "method": request.method, "path": request.url.path}
+        log.exception("unhandled error", extra=extra | ({"trace_id": trace_id} if trace_id else {}))
+        headers = ({"x-request-id": rid} if rid else {}) | ({"x-trace-id": trace_id} if trace_id else {})
+        return json_error(request, 500, "internal_error", "internal error; see the server log", headers or None)
 
 
 def _validation_message(error: Mapping[str, Any]) -> str:

@@ -8,6 +8,9 @@ import os
 import sys
 import time
 
+from opentelemetry import trace
+from opentelemetry.trace import format_span_id, format_trace_id
+
 # The attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -30,6 +33,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class TraceContextFilter(logging.Filter):
+    """Adds `trace_id` and `span_id` to every record written inside a traced span (app/tracing.py), so that
+    a log line leads to its trace; nothing when tracing is off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid and not hasattr(record, "trace_id"):
+            record.trace_id = format_trace_id(context.trace_id)
+            record.span_id = format_span_id(context.span_id)
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time, so a swapped stream (test runners) is never stale."""
 
@@ -41,6 +56,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(level: str = "INFO") -> None:
     handler = _StderrHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

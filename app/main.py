@@ -31,8 +31,10 @@ from app.limits import AnswerSlots, BodySizeLimit
 from app.mcp_server import HttpMcp
 from app.metrics import MetricsMiddleware
 from app.ratelimit import RateLimiter
+from app.readiness import Readiness, container_checks
 from app.request_context import RequestContext
 from app.settings import Settings
+from app.tracing import TraceIds, configure_tracing, fastapi_telemetry
 from app.uploads import UploadLimits
 from app.worker import WorkerSupervisor, run_worker
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     settings = settings or Settings()
     container = container or Container(settings)
     mcp = HttpMcp(container)
+    tracer_provider = configure_tracing(settings.tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +64,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             worker.stop(timeout_s=30)
         await container.generator.close()
         app.state.rate_limiter.close()
+        if tracer_provider is not None:
+            tracer_provider.force_flush()
 
     app = FastAPI(
         title="kb",
@@ -68,6 +73,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         version="0.1.0",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        telemetry=fastapi_telemetry(settings.tracing),
     )
     app.state.container = container
     app.state.settings = settings
@@ -75,6 +81,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
+    timeout_s = settings.limits.readiness_timeout_s
+    checks = container_checks(container, worker=lambda: app.state.worker, timeout_s=timeout_s)
+    app.state.readiness = Readiness(checks, timeout_s=timeout_s)
     install_error_handlers(app)
     # Added first, so innermost: its 413 carries the request id. The UI's
     # routes take file uploads: their bodies may be one file of the upload size plus the multipart
@@ -100,6 +109,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     # Runs before the others: every request gets its id before anything can refuse it.
     app.add_middleware(RequestContext, audit=lambda: container.audit)
+    if settings.tracing.enabled:
+        # Outside the request id middleware, so that it can put the request id on the request's span.
+        app.add_middleware(TraceIds)
     # Added last, so outermost: it sees the status the client got and the principal auth left behind.
     app.add_middleware(MetricsMiddleware, metrics=container.metrics)
 

@@ -102,6 +102,24 @@ class Health(BaseModel):
     status: str
 
 
+class ModelServerInfo(BaseModel):
+    base_url: str
+    model: str
+    max_tokens: int
+
+
+class ReadinessStatus(BaseModel):
+    """/readyz: `ready`, `degraded` (answers fall back to extractive ones, or queued jobs wait) or
+    `unavailable` (503: the database, Milvus or the embedder is down). The rest is for admins only."""
+
+    status: Literal["ready", "degraded", "unavailable"]
+    components: dict[str, Literal["up", "down"]] | None = Field(
+        None, description="database, milvus, embedder, llm and (when the API runs one) worker; admins only"
+    )
+    llm: ModelServerInfo | None = Field(None, description="the model server's settings; admins only")
+
+
 __all__ = [
-    "Answer", "AskRequest", "Citation", "Health", "HistoryMessage", "SearchHit", "SearchRequest", "SearchResponse",
+    "Answer", "AskRequest", "Citation", "Health", "HistoryMessage", "ReadinessStatus", "SearchHit", "SearchRequest",
+    "SearchResponse",
 ]  # fmt: skip

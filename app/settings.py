@@ -229,6 +229,9 @@ class RequestLimitSettings(BaseModel):
     # Every Milvus and database call gives up after this long.
     milvus_timeout_s: float = Field(30.0, gt=0)
     database_timeout_s: float = Field(30.0, gt=0)
+    # Each /readyz check (database, Milvus, embedder, model server) gives up after this long and counts
+    # as down: a probe must answer within the orchestrator's own timeout (5 s in the Helm chart).
+    readiness_timeout_s: float = Field(2.0, gt=0, le=30)
 
 
 class FeedbackSettings(BaseModel):
@@ -241,6 +244,18 @@ class FeedbackSettings(BaseModel):
 class RedisSettings(BaseModel):
     # Empty: rate limits are kept in each API process. Set (redis://host:6379/0) to share them.
     url: SecretStr = SecretStr("")
+
+
+class TracingSettings(BaseModel):
+    # OpenTelemetry traces of requests (a span per stage of an answer) and ingestion (a span per file),
+    # exported over OTLP/HTTP. Off: no exporter, and the spans kb's code opens cost next to nothing.
+    enabled: bool = False
+    # The collector's base URL (http://otel-collector:4318; /v1/traces is added). Empty: the exporter's own
+    # OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318.
+    otlp_endpoint: str = ""
+    service_name: str = "kb"
+    # The share of traces kept where no caller decided (a sampled `traceparent` is always followed).
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
 
 
 class Settings(BaseSettings):
@@ -269,6 +284,7 @@ class Settings(BaseSettings):
     limits: RequestLimitSettings = RequestLimitSettings()
     redis: RedisSettings = RedisSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 def run_worker(container: Container, stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
     """Work the job queue and the purge schedule until `stop` is set (or idle); returns the jobs run."""
+    from app.tracing import configure_tracing
+
+    # A span per job and per file when tracing is on (the API has installed its provider already).
+    configure_tracing(container.settings.tracing)
     # Announce this worker before its models load (seconds), so that a `kb ingest` meanwhile does not
     # start another one.
     name = worker_name()

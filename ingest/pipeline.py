@@ -13,11 +13,14 @@ iterates them and nothing calls back into it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.trace import Span, StatusCode
+
 from core.protocols import Embedder, VectorStore
+from core.tracing import tracer
 from ingest.batching import Batcher, Completed, Failed, Outcome, Stored
 from ingest.chunking import StructuredChunker
 from ingest.errors import LoadError, NoText
@@ -95,7 +98,13 @@ class IngestPipeline:
 
         Groups and tags not given (None) are each document's own, or for a new document its knowledge
         base's default groups (see `Versions.begin`); given ones replace them. Under a job, `lease`
-        fences every version this run begins, publishes or fails."""
+        fences every version this run begins, publishes or fails. Each file is traced as one span."""
+        return _traced(self._run(tasks, kb=kb, acl_groups=acl_groups, tags=tags, lease=lease), kb)
+
+    def _run(
+        self, tasks: Iterable[FileTask], *, kb: str, acl_groups: Sequence[str] | None, tags: Sequence[str] | None,
+        lease: Lease | None,
+    ) -> Generator[IngestEvent]:  # fmt: skip
         open_files: dict[int, _Indexing] = {}  # by position in `tasks`
         ended: BaseException | None = None
         try:
@@ -294,3 +303,33 @@ class IngestPipeline:
             if isinstance(e, FileFinished)
         }
         return [finished[id(t)] for t in tasks]
+
+
+def _traced(events: Generator[IngestEvent], kb: str) -> Generator[IngestEvent]:
+    """The run's events, with one span per file from its start to its finish. Consecutive files share
+    embedding batches and overlap, so a file's span is never the current one: it is a child of whatever
+    was current when the run began (the worker's job span)."""
+    spans: dict[int, Span] = {}
+    try:
+        for event in events:
+            if isinstance(event, FileStarted):
+                spans[id(event.task)] = tracer.start_span(
+                    "ingest file",
+                    attributes={"kb.kb": kb, "kb.doc_id": event.task.doc_id, "kb.file": event.task.path.name},
+                )
+            elif isinstance(event, FileFinished) and (span := spans.pop(id(event.task), None)) is not None:
+                result = event.result
+                span.set_attributes(
+                    {"kb.status": result.status, "kb.version": result.version, "kb.chunks": result.chunks}
+                )
+                if result.status == "failed":
+                    span.set_attribute("kb.error_code", result.error_code)
+                    span.set_status(StatusCode.ERROR, result.error)
+                span.end()
+            yield event
+    finally:
+        # Closed early (cancelled) or broken off: the run rolls back what is open now, as `yield from` would.
+        events.close()
+        for span in spans.values():
+            span.set_status(StatusCode.ERROR, "the run ended before the file finished")
+            span.end()

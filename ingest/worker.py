@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from core.tracing import tracer
 from ingest.access import DocumentAccess
 from ingest.events import FileFinished, FileProgress, FileStarted, FileTask, Progress
 from ingest.jobs import JobItemRow, JobStore, Lease, worker_name
@@ -123,6 +124,10 @@ class JobWorker:
         worker took it over), leaving no chunks of what this worker had not published."""
         view = self._jobs.get(lease.job_id)
         assert view is not None
+        with tracer.start_as_current_span("ingest job", attributes={"kb.job_id": lease.job_id, "kb.kb": view.job.kb}):
+            self._run_job(lease, view.job.kb, view.job.acl_groups, view.job.tags)
+
+    def _run_job(self, lease: Lease, kb: str, acl_groups: list[str] | None, tags: list[str] | None) -> None:
         signals = _Signals()
         beater = threading.Thread(target=self._heartbeat, args=(lease, signals), daemon=True)
         beater.start()
@@ -132,10 +137,7 @@ class JobWorker:
                 if not pending:
                     break
                 try:
-                    self._run_items(
-                        lease, pending, kb=view.job.kb, acl_groups=view.job.acl_groups, tags=view.job.tags,
-                        signals=signals,
-                    )  # fmt: skip
+                    self._run_items(lease, pending, kb=kb, acl_groups=acl_groups, tags=tags, signals=signals)
                 except LostJob:
                     raise
                 except Exception as exc:

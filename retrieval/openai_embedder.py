@@ -156,6 +156,16 @@ class OpenAIEmbedder:
     def count_tokens(self, text: str) -> int:
         return self._count_tokens(text)
 
+    def ping(self, timeout_s: float) -> None:
+        """Raise EmbedderUnavailable unless the server answers HTTP within `timeout_s`: any answer, since not
+        every embeddings server lists its models (/models), and reaching it is what is in question."""
+        try:
+            self._client.with_options(timeout=timeout_s).models.list()
+        except APIStatusError:
+            return
+        except APIConnectionError as exc:  # APITimeoutError included
+            raise EmbedderUnavailable(f"embedding server {self.base_url} unreachable: {exc}") from exc
+
     def close(self) -> None:
         self._client.close()
 

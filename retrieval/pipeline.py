@@ -4,12 +4,12 @@ assemble the context."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.protocols import Embedder, Reranker, RerankerUnavailable, VectorStore
 from core.text import detect_language
+from core.tracing import stage
 from core.types import RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
 from retrieval.context import Source, assemble_context
 from retrieval.relevance import Relevance, lexical_coverage
@@ -97,26 +97,23 @@ class QueryPipeline:
         limit = limit or self._candidates
         vector = None
         if effective != "bm25":
-            t = time.perf_counter()
-            vector = self._embedder.embed([question], "query")[0]
-            timings["embed_ms"] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-        if self._hidden_versions is not None:
-            flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
-        hits = self._store.search(kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt)
-        timings["search_ms"] = (time.perf_counter() - t) * 1000
+            with stage(timings, "embed"):
+                vector = self._embedder.embed([question], "query")[0]
+        with stage(timings, "search"):
+            if self._hidden_versions is not None:
+                flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
+            hits = self._store.search(kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt)
         reranked = False
         if rerank and self._reranker is not None and hits:
-            t = time.perf_counter()
             try:
-                head = self._reranker.rerank(question, hits[: self._rerank_candidates], self._rerank_candidates)
+                with stage(timings, "rerank"):
+                    head = self._reranker.rerank(question, hits[: self._rerank_candidates], self._rerank_candidates)
             except RerankerUnavailable as exc:
                 # A rerank service that is down costs the ranking, not the answer; and the answer says so.
                 log.warning("%s; ranked without reranking", exc)
                 timings["rerank_unavailable"] = 1.0
             else:
                 hits = head + hits[self._rerank_candidates :]
-                timings["rerank_ms"] = (time.perf_counter() - t) * 1000
                 reranked = True
         elif rerank and self._rerank_missing:
             timings["rerank_unavailable"] = 1.0
@@ -142,22 +139,20 @@ class QueryPipeline:
         found = self.candidates(question, kb=kb, limit=max(top_k, self._candidates), mode=mode, flt=flt)
         timings = found.timings
         hits = found.hits[:top_k]
-        t = time.perf_counter()
-        relevance = self.relevance(kb, question, found, top_k)
-        timings["relevance_ms"] = (time.perf_counter() - t) * 1000
+        with stage(timings, "relevance"):
+            relevance = self.relevance(kb, question, found, top_k)
         no_relevant = bool(hits) and relevance.below(self._thresholds.of(relevance.kind))
         if hits and not no_relevant and relevance.kind == "cosine" and self._thresholds.cosine_lexical > 0:
             coverage = lexical_coverage(question, [h.chunk.text for h in hits])
             no_relevant = coverage is None or coverage < self._thresholds.cosine_lexical
         if no_relevant:
             log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
-        t = time.perf_counter()
-        sources = (
-            []
-            if no_relevant
-            else assemble_context(hits, count_tokens=self._count_tokens, budget_tokens=self._context_tokens)
-        )
-        timings["context_ms"] = (time.perf_counter() - t) * 1000
+        with stage(timings, "context"):
+            sources = (
+                []
+                if no_relevant
+                else assemble_context(hits, count_tokens=self._count_tokens, budget_tokens=self._context_tokens)
+            )
         return Retrieval(
             question=question, language=found.language, mode=found.mode, hits=hits, sources=sources,
             timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,

@@ -119,6 +119,10 @@ class MilvusStore:
         self._stop_words = stop_words
         self._ready: set[str] = set()
 
+    def ping(self, timeout_s: float) -> None:
+        """Raise unless Milvus answers a cheap call (its collection names) within `timeout_s`."""
+        self._client.list_collections(timeout=timeout_s)
+
     def collection(self, kb: str) -> str:
         name = f"{self._prefix}{kb}"
         if not _NAME_OK.match(name):

@@ -93,3 +93,23 @@ def services() -> Iterator[object]:
 
     with running_services() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def recorded_spans() -> Iterator[object]:
+    """Spans kept in memory: an SDK tracer provider installed for the process (OpenTelemetry allows one; a
+    later module adds its exporter to it), the exporter shut at the end of the module so that later tests
+    keep nothing. Tests clear it before what they check."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()

@@ -7,6 +7,7 @@ Missing binaries skip the test with the reason, except under CI=true, where they
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -29,6 +30,7 @@ from tests.conftest import running_in_ci
 class PostgresServer:
     port: int
     admin_url: str
+    control: _Postgres
 
     def new_database(self) -> str:
         """A fresh, empty database on the server; its SQLAlchemy URL."""
@@ -38,6 +40,71 @@ class PostgresServer:
         with psycopg.connect(self.admin_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://kb@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        """Shut the server down (fast: open sessions are ended), keeping its data for `start`."""
+        self.control.stop()
+
+    def start(self) -> None:
+        """Start it again on the same port and data, and wait until it accepts connections."""
+        self.control.start()
+
+
+@dataclass
+class _Postgres:
+    bindir: Path
+    as_user: list[str]
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://kb@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        import psycopg
+
+        with (self.root / "postgres.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.as_user, str(self.bindir / "postgres"), "-D", str(self.data), "-k", str(self.root / "run"),
+                 "-p", str(self.port), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "max_connections=100"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(self.admin_url.replace("postgresql+psycopg", "postgresql"), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    text = (self.root / "postgres.log").read_text()[-3000:]
+                    raise RuntimeError(f"postgres did not start:\n{text}") from exc
+                time.sleep(0.2)
+
+    def stop(self, *, fast: bool = True) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if fast:
+            # pg_ctl's fast mode ends the sessions that clients (a test's connection pool) keep open, where
+            # SIGTERM's smart shutdown would wait for them.
+            subprocess.run(
+                [*self.as_user, str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        else:
+            proc.terminate()  # runuser passes the signal on to postgres: a smart shutdown
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _binaries() -> Path | None:
@@ -57,9 +124,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     bindir = _binaries()
     if bindir is None:
         _unavailable("no /usr/lib/postgresql/*/bin/initdb")
-    try:
-        import psycopg
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         _unavailable("the psycopg driver is not installed")
     assert bindir is not None
     as_user: list[str] = []
@@ -79,34 +144,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "kb", "-E", "UTF8"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    port = free_port()
-    log = (root / "postgres.log").open("wb")
-    proc = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(data), "-k", str(sockets), "-p", str(port),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    admin_url = f"postgresql+psycopg://kb@127.0.0.1:{port}/postgres"
+    server = _Postgres(bindir=bindir, as_user=as_user, root=root, port=free_port())
     try:
-        import psycopg
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                psycopg.connect(admin_url.replace("postgresql+psycopg", "postgresql"), connect_timeout=2).close()
-                break
-            except psycopg.OperationalError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    text = (root / "postgres.log").read_text()[-3000:]
-                    raise RuntimeError(f"postgres did not start:\n{text}") from exc
-                time.sleep(0.2)
-        yield PostgresServer(port=port, admin_url=admin_url)
+        server.start()
+        yield PostgresServer(port=server.port, admin_url=server.admin_url, control=server)
     finally:
-        proc.terminate()  # runuser passes the signal on to postgres: a smart shutdown
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        server.stop(fast=False)
         shutil.rmtree(root, ignore_errors=True)

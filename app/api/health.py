@@ -2,45 +2,56 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.auth.deps import authenticate
 from app.auth.roles import Permission
 from app.deps import ContainerDep
 from app.errors import KBError
-from app.schemas import Health
+from app.readiness import Readiness
+from app.schemas import Health, ModelServerInfo, ReadinessStatus
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
+    # Liveness only: the process answers. Whether it can serve is /readyz's question.
     return Health(status="ok")
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=ReadinessStatus,
+    responses={503: {"model": ReadinessStatus, "description": "The database, Milvus or the embedder is down"}},
+)
 async def readyz(request: Request, container: ContainerDep) -> JSONResponse:
-    # 200 even with the model down: /ask still serves passages (degraded mode), so the instance should
-    # stay in rotation; "status" says so. Which component is down, and where it lives, is for admins:
-    # anyone else learns only up or degraded.
-    generator = container.generator
-    llm_up = await generator.ready()
-    # The API's ingestion worker, when it runs one: down, queued jobs wait (its supervisor restarts it).
-    worker = request.app.state.worker
-    worker_up = worker is None or worker.up
-    body: dict[str, object] = {"status": "ready" if llm_up and worker_up else "degraded"}
+    # 200 with the model or the worker down: /ask still answers (extractive answers), so the instance stays
+    # in rotation and "status" says degraded. 503 when answers cannot be given at all. Which component is
+    # down, and where the model server lives, is for admins: anyone else learns only the status.
+    readiness: Readiness = request.app.state.readiness
+    report = await readiness.check()
+    body = ReadinessStatus(status=report.status)
     if _is_admin(request):
-        components = {"llm": "up" if llm_up else "down"}
-        if worker is not None:
-            components["worker"] = "up" if worker_up else "down"
-        body["components"] = components
-        body["llm"] = {"base_url": generator.base_url, "model": generator.model, "max_tokens": generator.max_tokens}
-    return JSONResponse(body, status_code=200)
+        generator = container.generator
+        body.components = report.named()
+        body.llm = ModelServerInfo(base_url=generator.base_url, model=generator.model, max_tokens=generator.max_tokens)
+    status_code = 503 if report.status == "unavailable" else 200
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code)
 
 
 def _is_admin(request: Request) -> bool:
     try:
         return authenticate(request).may(Permission.read_audit)
     except KBError:
+        return False
+    except SQLAlchemyError as exc:
+        # Fail closed: a key that cannot be checked (the database is down) is shown what no key is.
+        log.warning("readyz: could not check the caller's key: %s", exc)
         return False
