@@ -33,7 +33,9 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     settings = Settings(
         home=home, models_dir=home / "models", reranker={"enabled": False},  # type: ignore[arg-type]
         ingest={"worker_in_api": False}, api={"ui_enabled": False},  # type: ignore[arg-type]
-        llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0},  # type: ignore[arg-type]
+        # The model's path (down here, so answers are degraded), not the extractive default.
+        llm={"base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_retries": 0,  # type: ignore[arg-type]
+             "answer_mode": "generative"},
     )  # fmt: skip
     c = Container(settings)
     chunks = [
