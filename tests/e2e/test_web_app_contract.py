@@ -279,6 +279,7 @@ def test_twenty_sessions_stream_side_by_side(servers: Servers) -> None:
     report = {"ttft_first_s": ttft[0], "ttft_last_s": ttft[-1], "total_first_s": total[0], "total_last_s": total[-1],
               "load_average_1m": os.getloadavg()[0]}  # fmt: skip
     print(report)
-    # Answers run one after another would put the last first token some 28 s (19 answers) after the first.
-    # The slack is for twenty Chromium tabs sharing a small, busy machine with the servers.
-    assert ttft[-1] <= 2 * ttft[0] + 3.0, report
+    # Answers run one after another would put the last first token behind nineteen whole answers: at least
+    # 19 times the quickest answer of this same run. Measured against that run's own quickest answer, so
+    # that a busy machine (twenty Chromium tabs beside the servers) slows both sides alike.
+    assert ttft[-1] < 5 * total[0], report
