@@ -84,6 +84,7 @@ class Container:
         return MilvusStore(
             client,
             dimension=self.embedder.dimension,
+            embedding_model=self.embedder.model_name,
             collection_prefix=m.collection_prefix,
             analyzer=m.analyzer,
             hnsw_m=m.hnsw_m,

@@ -29,6 +29,7 @@ _MAX_TEXT = 65535
 _PAGE = 512  # chunks read back and rewritten per round trip (update_access)
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
 
+_MODEL_PROPERTY = "kb.embedding_model"
 
 Fusion = Literal["weighted", "rrf"]
 ScoreKind = Literal["cosine", "bm25", "rrf", "weighted"]
@@ -104,8 +105,12 @@ class MilvusStore:
         dense_weight: float = 0.3,
         stop_words: bool = True,
         timeout_s: float | None = None,
+        embedding_model: str = "",
     ) -> None:
         self._client = client
+        # Recorded in each new collection's description and compared on opening: two models of the same
+        # dimension (MiniLM and e5-small: 384) make vectors that mean nothing to each other.
+        self.embedding_model = embedding_model
         # Every call to Milvus gives up after this long (gRPC deadline) instead of hanging a request.
         self._timeout = timeout_s
         self.dimension = dimension
@@ -133,13 +138,21 @@ class MilvusStore:
         if not self._client.has_collection(name, timeout=self._timeout):
             self._create(name)
         else:
-            self._check_dimension(name)
+            self._check_compatible(name)
         self._client.load_collection(name, timeout=self._timeout)
         self._ready.add(name)
         return name
 
-    def _check_dimension(self, name: str) -> None:
+    def _check_compatible(self, name: str) -> None:
         info = self._client.describe_collection(name, timeout=self._timeout)
+        # Absent from a collection made before models were recorded: only its dimension can be checked.
+        made_by = str((info.get("properties") or {}).get(_MODEL_PROPERTY) or "")
+        if made_by and self.embedding_model and made_by != self.embedding_model:
+            raise StoreError(
+                f"collection {name} was embedded with {made_by} but the configured embedding model is "
+                f"{self.embedding_model}: set KB_EMBEDDING back, or re-index into a new KB_HOME or another "
+                "collection prefix"
+            )
         names = {field.get("name") for field in info.get("fields", [])}
         if "category" not in names:
             raise StoreError(
@@ -189,8 +202,10 @@ class MilvusStore:
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._client.create_collection(
-            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout
-        )
+            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout,
+            # A property, not the description: Milvus Lite keeps properties but drops descriptions.
+            properties={_MODEL_PROPERTY: self.embedding_model},
+        )  # fmt: skip
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
