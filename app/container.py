@@ -12,7 +12,7 @@ from app.audit import AuditLog
 from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
 from app.feedback import FeedbackLog, settings_digest
-from app.kbs import KnowledgeBases
+from app.kbs import KnowledgeBases, Reindexing
 from app.library import Library
 from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
@@ -192,6 +192,12 @@ class Container:
             drop_collection=self._drop_collection,
             audit=self.audit,
             default_groups=self.settings.security.default_groups,
+        )
+
+    @cached_property
+    def reindexing(self) -> Reindexing:
+        return Reindexing(
+            registry=self.registry, store=lambda: self.store, embedder=lambda: self.embedder, audit=self.audit
         )
 
     def _drop_collection(self, kb: str) -> None:
