@@ -310,6 +310,11 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
 
     @model_validator(mode="after")
+    def _thresholds_of_the_embedder(self) -> Settings:
+        self.retrieval.min_relevance = self.retrieval.min_relevance.for_model(self.embedding.model)
+        return self
+
+    @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         # Relative paths are taken from the working directory once, so that a server started from one
         # folder and a CLI started from another agree on where the data lives.

