@@ -62,6 +62,7 @@ class Action(StrEnum):
     kb_create = "kb_create"
     kb_update = "kb_update"
     kb_delete = "kb_delete"
+    kb_reindex = "kb_reindex"
     unauthorized = "unauthorized"
     forbidden = "forbidden"
     rate_limited = "rate_limited"

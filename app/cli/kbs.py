@@ -104,3 +104,52 @@ def delete(
     except KBError as exc:
         fail(exc.message)
     emit(dataclasses.asdict(gone), as_json, f"deleted {gone.name} ({gone.documents} documents)")
+
+
+@cli.command("reindex")
+def reindex(
+    kb: Annotated[str, typer.Option("--kb", help="Knowledge base to re-embed.")],
+    backend: Annotated[
+        Optional[str],  # noqa: UP045 - typer reads the annotation at runtime
+        typer.Option("--backend", help="Embedding backend to re-embed with (default: KB_EMBEDDING__BACKEND)."),
+    ] = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", help="Embedding model to re-embed with (default: KB_EMBEDDING__MODEL)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-embed a knowledge base with the configured (or given) embedding model into a new collection, then
+    switch to it in one step and drop the old one; searches are served throughout. Restart servers with the
+    same embedding settings afterwards."""
+    from pydantic import ValidationError
+
+    from app.container import Container
+    from app.errors import KBError
+    from app.settings import EmbeddingSettings
+
+    settings = load_settings()
+    if backend is not None or model is not None:
+        chosen = settings.embedding.model_dump(exclude_unset=True)
+        if backend is not None:
+            chosen["backend"] = backend
+            chosen.pop("model", None)  # the backend's own default unless --model names one
+        if model is not None:
+            chosen["model"] = model
+        try:
+            settings = settings.model_copy(update={"embedding": EmbeddingSettings.model_validate(chosen)})
+        except ValidationError as exc:
+            fail(f"invalid embedding settings:\n{exc}", 2)
+    container = Container(settings)
+    try:
+        done = container.reindexing.reindex(
+            kb, actor=Actor.local_admin(), progress=lambda n: typer.echo(f"{n} chunks re-embedded", err=True)
+        )
+    except KBError as exc:
+        fail(exc.message, 2 if exc.status_code == 400 else 1)
+    emit(
+        {**dataclasses.asdict(done), "embedding_model": settings.embedding.model},
+        as_json,
+        f"re-indexed {kb}: {done.chunks} chunks with {settings.embedding.model} "
+        f"({done.old_collection} -> {done.new_collection})",
+    )

