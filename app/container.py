@@ -151,7 +151,8 @@ class Container:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.registry, stale_after_s=self.settings.ingest.job_stale_after_s)
+        i = self.settings.ingest
+        return JobStore(self.registry, stale_after_s=i.job_stale_after_s, claim_files=i.claim_files)
 
     @cached_property
     def documents(self) -> DocumentService:
