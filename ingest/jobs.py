@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, func, select
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.procs import pid_alive
@@ -259,6 +259,9 @@ class JobStore:
             item = self._held(session, lease, ordinal)
             if item.status not in _OPEN:
                 return  # recorded already (a pass that broke off was retried)
+            # The claim's last progress report counted this file as under way; it counts as finished now,
+            # and the claim's next report covers the files still under way.
+            self._clear_progress(owned_claim(session, lease))
             item.status, item.version, item.pages, item.chunks = status, version, pages, chunks
             item.error, item.error_code, item.timings = error[:4000], error_code, timings or {}
             item.worker = self._claim_worker(session, lease)
@@ -279,8 +282,7 @@ class JobStore:
             job = session.get(JobRow, lease.job_id, with_for_update=True)
             assert job is not None
             claim.state = "released"
-            claim.pages_done = claim.pages_total = claim.chunks_done = 0
-            claim.timings = {}
+            self._clear_progress(claim)
             for item in self._of_claim(session, lease):
                 if job.cancel_requested:
                     item.status, item.error, item.error_code = "cancelled", "the job was cancelled", "cancelled"
@@ -322,8 +324,7 @@ class JobStore:
             job = session.get(JobRow, lease.job_id, with_for_update=True)
             assert job is not None
             claim.state = "lost"
-            claim.pages_done = claim.pages_total = claim.chunks_done = 0
-            claim.timings = {}
+            self._clear_progress(claim)
             message = error or "interrupted: the worker stopped mid-file; retried"
             interrupted = self._registry.interrupt_job(session, job.job_id, lease.token, error=message)
             crashed: list[str] = []
@@ -375,6 +376,11 @@ class JobStore:
         if item is None or item.claim != lease.token:
             raise LostJob(f"job {lease.job_id}: file {ordinal} is not held by claim {lease.token}")
         return item
+
+    @staticmethod
+    def _clear_progress(claim: JobClaimRow) -> None:
+        claim.pages_done = claim.pages_total = claim.chunks_done = 0
+        claim.timings = {}
 
     @staticmethod
     def _closed_with(session: Session, lease: Lease) -> bool:
@@ -429,10 +435,13 @@ class JobStore:
         if left:
             return False
         session.execute(
-            JobClaimRow.__table__.update()  # type: ignore[attr-defined]
+            update(JobClaimRow)
             .where(JobClaimRow.job_id == job.job_id, JobClaimRow.state == "active")
-            .values(state="released")
+            .values(state="released", pages_done=0, pages_total=0, chunks_done=0, timings={})
+            .execution_options(synchronize_session="fetch")
         )
+        session.flush()
+        JobStore._total(session, job)
         if job.cancel_requested and job.files_done < job.files_total:
             job.state = job.stage = "cancelled"
             done = f" after {job.files_done} of {job.files_total} files" if job.files_done else ""

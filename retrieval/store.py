@@ -10,10 +10,20 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
+from pymilvus import (
+    AnnSearchRequest,
+    DataType,
+    Function,
+    FunctionType,
+    MilvusClient,
+    MilvusException,
+    RRFRanker,
+    WeightedRanker,
+)
 
 from core.text import english_stop_words
 from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
@@ -131,12 +141,30 @@ class MilvusStore:
         if name in self._ready:
             return name
         if not self._client.has_collection(name, timeout=self._timeout):
-            self._create(name)
+            try:
+                self._create(name)
+            except MilvusException:
+                # Several worker processes start on a new knowledge base at once: one creates it.
+                if not self._client.has_collection(name, timeout=self._timeout):
+                    raise
+                log.info("collection %s was created by another process meanwhile", name)
+                self._check_dimension(name)
         else:
             self._check_dimension(name)
-        self._client.load_collection(name, timeout=self._timeout)
+        self._load(name)
         self._ready.add(name)
         return name
+
+    def _load(self, name: str, *, attempts: int = 20) -> None:
+        # A collection another process has just created may not have its indexes yet: it loads once it has.
+        for attempt in range(attempts):
+            try:
+                self._client.load_collection(name, timeout=self._timeout)
+                return
+            except MilvusException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.25)
 
     def _check_dimension(self, name: str) -> None:
         info = self._client.describe_collection(name, timeout=self._timeout)
