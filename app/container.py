@@ -90,6 +90,7 @@ class Container:
             dense_weight=self.settings.retrieval.dense_weight,
             stop_words=m.stop_words,
             timeout_s=timeout_s,
+            write_lock=None if m.uri else lite_layout(self.settings).run_dir / "milvus-lite.write.lock",
         )
 
     @cached_property

@@ -166,7 +166,8 @@ def _wait_ready(procs: list[tuple[subprocess.Popen[bytes], Path]], timeout_s: fl
 def workers_table(report: WorkersBenchReport) -> str:
     lines = [
         f"Model `{report.model}`, {report.cores} cores, {report.files} markdown files of {report.pages_per_file} "
-        f"pages, {report.claim_files} files a claim; fresh KB_HOME (SQLite, one Milvus Lite server) per row.",
+        f"pages, claims of at least {report.claim_files} files (guided: a share of what is left per worker); "
+        "fresh KB_HOME (SQLite, one Milvus Lite server) per row.",
         "",
         "| worker processes | torch threads each | seconds | files/s | chunks/s | speed-up vs 1 | files per worker |",
         "|---|---|---|---|---|---|---|",

@@ -15,6 +15,7 @@ can be cancelled: its queued files at once, the files under way between files an
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -47,6 +48,8 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 # A job's `stage` column holds the Stage of the file being worked on, or "queued", "done", "failed".
 ItemStatus = Literal["queued", "running", "indexed", "unchanged", "failed", "cancelled"]
 FINISHED_STATES = ("done", "failed", "cancelled")
+# The most files one claim takes: a worker that dies hands back at most this many.
+MAX_CLAIM_FILES = 32
 _OPEN = ("queued", "running")
 _FINISHED_ITEMS = ("indexed", "unchanged", "failed")
 
@@ -165,11 +168,15 @@ class JobStore:
 
     # -- claims -----------------------------------------------------------------------------------
     def claim(self, worker: str, *, job_id: str | None = None, files: int | None = None) -> Lease | None:
-        """Claim the next few unclaimed files of the oldest job that has some (of `job_id` if given), with a
+        """Claim the next unclaimed files of the oldest job that has some (of `job_id` if given), with a
         new fencing token. Two workers never take the same file: the job row is locked for the moment of
         the claim (PostgreSQL: FOR UPDATE, and the items FOR UPDATE SKIP LOCKED; SQLite: one write
-        transaction at a time), and only unclaimed items are taken."""
-        limit = files or self._claim_files
+        transaction at a time), and only unclaimed items are taken.
+
+        How many (unless `files` says): guided self-scheduling, a share of what is left per live worker
+        (half of it, at most `MAX_CLAIM_FILES`, at least `claim_files`). Claims are big while much is left,
+        so that few claims, embedding batches and flushes are paid for, and small at the end, so that
+        the workers finish together."""
         pg = self._registry.is_postgres
         with self._registry.session() as session:
             open_jobs = (
@@ -190,6 +197,7 @@ class JobStore:
                 job = session.get(JobRow, candidate, with_for_update=True, populate_existing=True)
                 if job is None or job.state not in _OPEN or job.cancel_requested:
                     continue
+                limit = files or self._share(session, candidate)
                 query = (
                     select(JobItemRow)
                     .where(JobItemRow.job_id == candidate, JobItemRow.status == "queued", JobItemRow.claim == 0)
@@ -209,6 +217,17 @@ class JobStore:
                 session.add(JobClaimRow(job_id=candidate, token=job.token, worker=worker, heartbeat_at=now()))
                 return Lease(candidate, job.token)
         return None
+
+    def _share(self, session: Session, job_id: str) -> int:
+        left = session.scalar(
+            select(func.count())
+            .select_from(JobItemRow)
+            .where(JobItemRow.job_id == job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
+        )
+        since = now() - self._stale
+        workers = session.scalar(select(func.count()).select_from(WorkerRow).where(WorkerRow.heartbeat_at >= since))
+        share = math.ceil((left or 0) / (2 * max(1, workers or 0)))
+        return max(self._claim_files, min(MAX_CLAIM_FILES, share))
 
     def claimed_items(self, lease: Lease) -> list[JobItemRow]:
         """The files of a claim still to do, in order."""

@@ -6,12 +6,15 @@ Standalone/Distributed (`uri` + `token`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from pymilvus import (
@@ -114,8 +117,13 @@ class MilvusStore:
         dense_weight: float = 0.3,
         stop_words: bool = True,
         timeout_s: float | None = None,
+        write_lock: Path | None = None,
     ) -> None:
         self._client = client
+        # Milvus Lite takes one writer at a time: two worker processes inserting and flushing at once
+        # break its segment sequence ("current_seq is monotonic"). Every kb process on the host then
+        # takes this file lock around its writes; Milvus Standalone and Distributed need none.
+        self._write_lock = write_lock
         # Every call to Milvus gives up after this long (gRPC deadline) instead of hanging a request.
         self._timeout = timeout_s
         self.dimension = dimension
@@ -216,12 +224,26 @@ class MilvusStore:
         index = self._client.prepare_index_params()
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self._client.create_collection(
-            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout
-        )
+        with self._writing():
+            self._client.create_collection(
+                name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout
+            )
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        self._write_lock.parent.mkdir(parents=True, exist_ok=True)
+        with self._write_lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
@@ -247,27 +269,32 @@ class MilvusStore:
             }
             for c, v in zip(chunks, vectors, strict=True)
         ]
-        self._client.upsert(name, rows, timeout=self._timeout)
+        with self._writing():
+            self._client.upsert(name, rows, timeout=self._timeout)
         return len(rows)
 
     def flush(self, kb: str) -> None:
         # Milvus Lite rebuilds the BM25 index on every search until the segment is flushed.
-        self._client.flush(self.ensure_collection(kb), timeout=self._timeout)
+        name = self.ensure_collection(kb)
+        with self._writing():
+            self._client.flush(name, timeout=self._timeout)
 
     def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None:
         name = self.ensure_collection(kb)
         expr = build_filter(_ALL, doc_id=doc_id)
         if keep_version is not None:
             expr += f" and version != {int(keep_version)}"
-        self._client.delete(name, filter=expr, timeout=self._timeout)
+        with self._writing():
+            self._client.delete(name, filter=expr, timeout=self._timeout)
 
     def delete_version(self, kb: str, doc_id: str, version: int) -> None:
         name = self.ensure_collection(kb)
-        self._client.delete(
-            name,
-            filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
-            timeout=self._timeout,
-        )
+        with self._writing():
+            self._client.delete(
+                name,
+                filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
+                timeout=self._timeout,
+            )
 
     def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
         """Give every chunk of one version new groups and tags without embedding anything again.
@@ -293,15 +320,17 @@ class MilvusStore:
         groups, labels = list(acl_groups), list(tags)
         for start in range(0, len(ids), _PAGE):
             rows = self._client.get(name, ids=ids[start : start + _PAGE], output_fields=[*_OUTPUT_FIELDS, "dense"])
-            self._client.upsert(
-                name,
-                [
-                    {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
-                     "acl_groups": groups, "tags": labels}
-                    for row in rows
-                ],
-            )  # fmt: skip
-        self._client.flush(name)
+            with self._writing():
+                self._client.upsert(
+                    name,
+                    [
+                        {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
+                         "acl_groups": groups, "tags": labels}
+                        for row in rows
+                    ],
+                )  # fmt: skip
+        with self._writing():
+            self._client.flush(name)
         return len(ids)
 
     def count(self, kb: str) -> int:

@@ -377,7 +377,7 @@ def test_requeueing_one_workers_claim_leaves_the_other_workers_claim_alone(regis
     for name in names:
         (tmp_path / name).write_text(name)
     job_id = jobs.create("kb", [JobFile(str(tmp_path / n), n) for n in names], acl_groups=None, tags=None)
-    dead, alive = jobs.claim("dead"), jobs.claim("alive")
+    dead, alive = jobs.claim("dead", files=1), jobs.claim("alive", files=1)
     assert dead is not None and alive is not None and dead.token != alive.token
     for lease, ordinal, name in ((dead, 0, "a.md"), (alive, 1, "b.md")):
         jobs.start_item(lease, ordinal, path=name)
@@ -401,3 +401,16 @@ def test_requeueing_one_workers_claim_leaves_the_other_workers_claim_alone(regis
     final = jobs.get(job_id)
     assert final is not None and final.job.state == "done"
     assert [i.status for i in final.items] == ["unchanged", "indexed", "unchanged"]
+
+
+def test_claims_take_a_share_of_what_is_left_per_live_worker(registry: Registry) -> None:
+    jobs = JobStore(registry, claim_files=2)
+    job_id = jobs.create("kb", [JobFile(f"/in/{n}.md", f"{n}.md") for n in range(40)], acl_groups=None, tags=None)
+    jobs.worker_beat("host:1")
+    jobs.worker_beat("host:2")
+    sizes = []
+    while (lease := jobs.claim("host:1", job_id=job_id)) is not None:
+        sizes.append(len(jobs.claimed_items(lease)))
+    # Half of what is left per live worker, never below claim_files: big first, small at the end.
+    assert sizes == [10, 8, 6, 4, 3, 3, 2, 2, 2]
+    assert jobs.claim("host:1", job_id=job_id, files=1) is None
