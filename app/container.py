@@ -97,6 +97,7 @@ class Container:
             dense_weight=self.settings.retrieval.dense_weight,
             stop_words=m.stop_words,
             timeout_s=timeout_s,
+            write_lock=None if m.uri else lite_layout(self.settings).run_dir / "milvus-lite.write.lock",
         )
 
     @cached_property
@@ -158,7 +159,8 @@ class Container:
 
     @cached_property
     def jobs(self) -> JobStore:
-        return JobStore(self.registry, stale_after_s=self.settings.ingest.job_stale_after_s)
+        i = self.settings.ingest
+        return JobStore(self.registry, stale_after_s=i.job_stale_after_s, claim_files=i.claim_files)
 
     @cached_property
     def documents(self) -> DocumentService:

@@ -249,6 +249,13 @@ class IngestCollector(Collector):
         with self._registry.session() as session:
             by_state = dict(session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).tuples().all())
             oldest = session.execute(select(func.min(JobRow.created_at)).where(JobRow.state == "queued")).scalar()
+            # Files, not jobs: workers share a job file by file, so one big running job still wants more workers.
+            waiting = session.execute(
+                select(func.count())
+                .select_from(JobItemRow)
+                .join(JobRow, JobRow.job_id == JobItemRow.job_id)
+                .where(JobItemRow.status == "queued", JobItemRow.claim == 0, JobRow.cancel_requested.is_(False))
+            ).scalar()
             files = session.execute(
                 select(JobItemRow.status, JobItemRow.error_code, func.count()).group_by(
                     JobItemRow.status, JobItemRow.error_code
@@ -260,8 +267,8 @@ class IngestCollector(Collector):
         for state in JOB_STATES:
             jobs.add_metric([state], by_state.get(state, 0))
         depth = GaugeMetricFamily(
-            "kb_ingest_queue_depth", "Jobs waiting for a worker (the worker autoscaling signal)",
-            value=by_state.get("queued", 0),
+            "kb_ingest_queue_depth", "Files no worker has claimed yet (the worker autoscaling signal)",
+            value=waiting or 0,
         )  # fmt: skip
         age = GaugeMetricFamily(
             "kb_ingest_oldest_queued_age_seconds", "How long the oldest queued job has waited (0: none waits)",

@@ -179,6 +179,9 @@ class IngestSettings(BaseModel):
     # A file is started at most this many times: one that takes its worker down (killed, out of memory)
     # on every start is then failed (`worker_crashed`) and the job goes on without it.
     max_attempts: int = Field(2, ge=1, le=100)
+    # A worker claims at least this many files of a job at a time (more while much of the job is left:
+    # a share per live worker, up to 32), so that consecutive small files share embedding batches.
+    claim_files: int = Field(4, ge=1, le=32)
     # The most pixels one image frame or one rendered PDF page may have; a file over it fails (`too_large`)
     # instead of taking the process's memory (40 megapixels: an A4 page at 600 dpi is 35).
     max_image_pixels: int = Field(40_000_000, ge=1_000_000)

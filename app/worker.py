@@ -2,7 +2,9 @@
 
 - the API runs `run_worker` in a thread while it serves, under a `WorkerSupervisor` that starts it again
   if it dies (and tells /readyz whether it is up);
-- `kb jobs work` and `kb ingest --wait` (when no worker is alive) run it in the CLI's own process;
+- `kb worker` (alias `kb jobs work`) and `kb ingest --wait` (when no worker is alive) run it in the CLI's
+  own process; any number of `kb worker` processes, on any number of machines, share the queue file by
+  file (ingest/jobs.py);
 - `kb ingest` and `kb docs delete` (when no worker is alive) start `python -m app.worker --until-idle`
   detached, so that the job still completes, and retired chunks are still purged, after the CLI exits.
   It logs to $KB_HOME/logs/worker.log.

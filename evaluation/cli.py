@@ -204,6 +204,37 @@ def bench_ingest(
         _progress(f"wrote {markdown}")
 
 
+@bench_cli.command("workers")
+def bench_workers(  # noqa: PLR0917  (Typer options)
+    workers: Annotated[str, typer.Option(help="Comma-separated worker process counts.")] = "1,2,4",
+    files: Annotated[int, typer.Option(min=1, help="Generated markdown files in the corpus.")] = 40,
+    pages: Annotated[int, typer.Option(min=1, help="Pages (about 350 words each) per file.")] = 3,
+    claim_files: Annotated[int, typer.Option(min=1, help="Files a worker claims at a time.")] = 2,
+    markdown: MarkdownOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Files/s and chunks/s of one job shared by 1, 2, 4 ... `kb worker` processes, and the speed-up."""
+    from evaluation.bench_workers import bench_workers as run
+    from evaluation.bench_workers import workers_table
+    from evaluation.markdown import WORKERS_MARKERS, replace_section, workers_section
+
+    try:
+        counts = [int(n) for n in workers.split(",") if n.strip()]
+    except ValueError:
+        fail(f"--workers takes comma-separated numbers, not {workers!r}", 2)
+    if not counts or min(counts) < 1:
+        fail("--workers needs at least one count of 1 or more", 2)
+    report = run(load_settings(), counts=counts, files=files, pages=pages, claim_files=claim_files, progress=_progress)
+    table = workers_table(report)
+    _print(report, table, as_json=as_json, output=output)
+    if markdown is not None:
+        options = [("--workers", workers), ("--files", files), ("--pages", pages), ("--claim-files", claim_files),
+                   ("--markdown", markdown)]  # fmt: skip
+        replace_section(markdown, WORKERS_MARKERS, workers_section(table, _command("kb bench workers", options)))
+        _progress(f"wrote {markdown}")
+
+
 @bench_cli.command("retrieval")
 def bench_retrieval(  # noqa: PLR0917  (Typer options)
     dataset: Annotated[Path, typer.Option("--dataset", help="BEIR-layout set whose passages fill the index.")],

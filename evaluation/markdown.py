@@ -13,6 +13,7 @@ from evaluation.bench_retrieval import BenchReport
 
 RETRIEVAL_MARKERS = ("<!-- kb bench retrieval: begin -->", "<!-- kb bench retrieval: end -->")
 INGEST_MARKERS = ("<!-- bench:ingest:begin -->", "<!-- bench:ingest:end -->")
+WORKERS_MARKERS = ("<!-- bench:workers:begin -->", "<!-- bench:workers:end -->")
 P95_BUDGET_MS = 250.0
 
 
@@ -112,4 +113,14 @@ def ingest_section(report: IngestBenchReport, command: str) -> str:
         f"Command: `{command}`. Each dataset goes into a fresh KB_HOME served by its own `milvus-lite server` "
         "process, as under `kb up`; peak RSS is measured in a freshly spawned process with its own KB_HOME.\n\n"
         f"{ingest_table(report)}"
+    )
+
+
+def workers_section(table: str, command: str) -> str:
+    return (
+        f"## Ingestion with several worker processes ({_today()})\n\n"
+        f"Command: `{command}`. One job of the whole corpus, shared file by file by N `kb worker` processes "
+        "(started and warmed up before the job is queued); the clock runs from the job's submission to its "
+        "close. Each worker's PyTorch gets cores / N threads, so that the workers do not oversubscribe the CPU.\n\n"
+        f"{table}"
     )

@@ -1,17 +1,21 @@
-"""Persisted ingestion jobs: a queue in the SQL database, progress, per-stage timings, crash recovery.
+"""Persisted ingestion jobs: a queue of files in the SQL database, progress, per-stage timings, crash recovery.
 
-A job is one `kb ingest` request (one or many files). A worker claims a queued job (FOR UPDATE SKIP
-LOCKED on PostgreSQL, a conditional UPDATE in SQLite's single-writer transaction) and gets a fencing
-token; it records a heartbeat while it works and writes progress as it goes, every write checked
-against the token. A job whose worker died (kill -9, power loss) or stalled past the heartbeat timeout
-is found by its stale heartbeat or dead PID; it gets a new token (the old worker's late writes are
-refused), its half-indexed versions are rolled back and it is queued again, resuming after the files
-it had finished. A file that keeps killing its worker is failed after `max_attempts` starts. A job can
-be cancelled: a queued one at once, a running one between files and batches.
+A job is one `kb ingest` request (one or many files, each a job item). Workers claim a job's files a few
+at a time (`claim_files`), so any number of workers, in any number of processes and machines, share one
+big job. A claim is a row with its own fencing token: PostgreSQL locks the job row for the moment of the
+claim and the items it takes (FOR UPDATE, SKIP LOCKED), SQLite runs one write transaction at a time. The
+worker heartbeats its claim and writes progress as it goes, every write checked against the claim. A
+claim whose worker died (kill -9, power loss) or stalled past the heartbeat timeout is found by its stale
+heartbeat or dead PID; it is fenced out (its late writes are refused), the versions it had begun are
+rolled back and its files are queued again, while other workers' claims of the same job go on. A file
+that keeps killing its worker is failed after `max_attempts` starts. The job's state and totals follow
+from its files: whichever write finishes its last file closes it, once, under the job row's lock. A job
+can be cancelled: its queued files at once, the files under way between files and batches.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -24,14 +28,30 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.procs import pid_alive
 from ingest.events import Stage
-from ingest.registry import Base, JobRow, Lease, LostJob, Registry, VersionRef, as_utc, now, owned_job
+from ingest.registry import (
+    Base,
+    JobClaimRow,
+    JobRow,
+    Lease,
+    LostJob,
+    Registry,
+    VersionRef,
+    as_utc,
+    now,
+    owned_claim,
+    owned_job,
+)
 
-__all__ = ["JobItemRow", "JobRow", "JobStore", "Lease"]
+__all__ = ["JobClaimRow", "JobItemRow", "JobRow", "JobStore", "Lease"]
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 # A job's `stage` column holds the Stage of the file being worked on, or "queued", "done", "failed".
 ItemStatus = Literal["queued", "running", "indexed", "unchanged", "failed", "cancelled"]
 FINISHED_STATES = ("done", "failed", "cancelled")
+# The most files one claim takes: a worker that dies hands back at most this many.
+MAX_CLAIM_FILES = 32
+_OPEN = ("queued", "running")
+_FINISHED_ITEMS = ("indexed", "unchanged", "failed")
 
 
 class JobItemRow(Base):
@@ -41,7 +61,10 @@ class JobItemRow(Base):
     ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(String(4096))
     doc_id: Mapped[str] = mapped_column(String(512))
+    # queued (claimed or not) → running (its worker started it) → indexed | unchanged | failed | cancelled
     status: Mapped[str] = mapped_column(String(16), default="queued")
+    # The claim (JobClaimRow.token) that holds or last held it; 0 while no worker has it.
+    claim: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=0)
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)
     chunks: Mapped[int] = mapped_column(Integer, default=0)
@@ -54,6 +77,8 @@ class JobItemRow(Base):
     origin: Mapped[str] = mapped_column(String(4096), default="")
     # The caller named the document id: replace whatever holds it.
     replace: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Which worker indexed it (host:pid), for audits of who did what.
+    worker: Mapped[str] = mapped_column(String(256), default="")
 
 
 @dataclass(frozen=True)
@@ -69,7 +94,7 @@ class JobFile:
 
 @dataclass(frozen=True)
 class Requeued:
-    """A job taken back from a worker that died or stalled: the versions it left unfinished (hidden now,
+    """A claim taken back from a worker that died or stalled: the versions it left unfinished (hidden now,
     chunks still to delete) and the files failed for crashing their worker too often."""
 
     job_id: str
@@ -89,9 +114,12 @@ def worker_name() -> str:
 
 
 class JobStore:
-    def __init__(self, registry: Registry, *, stale_after_s: float = 60.0) -> None:
+    """The embedded work queue (ingest.queue.WorkQueue) on the registry's SQL database."""
+
+    def __init__(self, registry: Registry, *, stale_after_s: float = 60.0, claim_files: int = 4) -> None:
         self._registry = registry
         self._stale = timedelta(seconds=stale_after_s)
+        self._claim_files = claim_files
 
     @staticmethod
     def new_id() -> str:
@@ -133,34 +161,85 @@ class JobStore:
         with self._registry.session() as session:
             return list(session.scalars(select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)))
 
-    def claim(self, worker: str) -> Lease | None:
-        """Take the oldest queued job, with a new fencing token. Two workers never take the same one:
-        PostgreSQL locks the row it picks and skips rows others hold (FOR UPDATE SKIP LOCKED); SQLite runs
-        one write transaction at a time, and the UPDATE is conditional anyway."""
+    def finished(self, job_id: str) -> bool:
         with self._registry.session() as session:
-            query = select(JobRow.job_id).where(JobRow.state == "queued").order_by(JobRow.created_at)
-            # PostgreSQL: lock the row taken, skip the rows other workers are taking.
-            pg = self._registry.is_postgres
-            query = query.limit(1).with_for_update(skip_locked=True) if pg else query.limit(5)
-            for job_id in session.scalars(query).all():
-                taken = session.execute(
-                    update(JobRow)
-                    .where(JobRow.job_id == job_id, JobRow.state == "queued")
-                    .values(state="running", worker=worker, heartbeat_at=now(), started_at=now(),
-                            attempts=JobRow.attempts + 1, token=JobRow.token + 1, cancel_requested=False)
-                    .execution_options(synchronize_session=False)
-                )  # fmt: skip
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    token = session.scalar(select(JobRow.token).where(JobRow.job_id == job_id))
-                    return Lease(str(job_id), int(token or 0))
+            state = session.scalar(select(JobRow.state).where(JobRow.job_id == job_id))
+        return state is None or state in FINISHED_STATES
+
+    # -- claims -----------------------------------------------------------------------------------
+    def claim(self, worker: str, *, job_id: str | None = None, files: int | None = None) -> Lease | None:
+        """Claim the next unclaimed files of the oldest job that has some (of `job_id` if given), with a
+        new fencing token. Two workers never take the same file: the job row is locked for the moment of
+        the claim (PostgreSQL: FOR UPDATE, and the items FOR UPDATE SKIP LOCKED; SQLite: one write
+        transaction at a time), and only unclaimed items are taken.
+
+        How many (unless `files` says): guided self-scheduling, a share of what is left per live worker
+        (half of it, at most `MAX_CLAIM_FILES`, at least `claim_files`). Claims are big while much is left,
+        so that few claims, embedding batches and flushes are paid for, and small at the end, so that
+        the workers finish together."""
+        pg = self._registry.is_postgres
+        with self._registry.session() as session:
+            open_jobs = (
+                select(JobRow.job_id)
+                .where(JobRow.state.in_(_OPEN), JobRow.cancel_requested.is_(False))
+                .where(
+                    select(JobItemRow.ordinal)
+                    .where(JobItemRow.job_id == JobRow.job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
+                    .exists()
+                )
+                .order_by(JobRow.created_at)
+                .limit(5)
+            )
+            if job_id is not None:
+                open_jobs = open_jobs.where(JobRow.job_id == job_id)
+            for candidate in session.scalars(open_jobs).all():
+                # Locked first, as every other writer of a job's items does (cancel, requeue, finish).
+                job = session.get(JobRow, candidate, with_for_update=True, populate_existing=True)
+                if job is None or job.state not in _OPEN or job.cancel_requested:
+                    continue
+                limit = files or self._share(session, candidate)
+                query = (
+                    select(JobItemRow)
+                    .where(JobItemRow.job_id == candidate, JobItemRow.status == "queued", JobItemRow.claim == 0)
+                    .order_by(JobItemRow.ordinal)
+                    .limit(limit)
+                )
+                items = list(session.scalars(query.with_for_update(skip_locked=True) if pg else query))
+                if not items:
+                    continue
+                job.token += 1
+                if job.state == "queued":
+                    job.state, job.stage, job.attempts = "running", "parsing", job.attempts + 1
+                    job.started_at = job.started_at or now()
+                job.worker, job.heartbeat_at = worker, now()
+                for item in items:
+                    item.claim = job.token
+                session.add(JobClaimRow(job_id=candidate, token=job.token, worker=worker, heartbeat_at=now()))
+                return Lease(candidate, job.token)
         return None
 
-    def pending_items(self, job_id: str) -> list[JobItemRow]:
+    def _share(self, session: Session, job_id: str) -> int:
+        left = session.scalar(
+            select(func.count())
+            .select_from(JobItemRow)
+            .where(JobItemRow.job_id == job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
+        )
+        since = now() - self._stale
+        workers = session.scalar(select(func.count()).select_from(WorkerRow).where(WorkerRow.heartbeat_at >= since))
+        share = math.ceil((left or 0) / (2 * max(1, workers or 0)))
+        return max(self._claim_files, min(MAX_CLAIM_FILES, share))
+
+    def claimed_items(self, lease: Lease) -> list[JobItemRow]:
+        """The files of a claim still to do, in order."""
         with self._registry.session() as session:
             return list(
                 session.scalars(
                     select(JobItemRow)
-                    .where(JobItemRow.job_id == job_id, JobItemRow.status.in_(("queued", "running")))
+                    .where(
+                        JobItemRow.job_id == lease.job_id,
+                        JobItemRow.claim == lease.token,
+                        JobItemRow.status.in_(_OPEN),
+                    )
                     .order_by(JobItemRow.ordinal)
                 )
             )
@@ -169,8 +248,7 @@ class JobStore:
         """Record that a file starts (one more attempt at it); True when the job is to be cancelled."""
         with self._registry.session() as session:
             job = owned_job(session, lease)
-            item = session.get(JobItemRow, (lease.job_id, ordinal))
-            assert item is not None
+            item = self._held(session, lease, ordinal)
             item.status, item.attempts = "running", item.attempts + 1
             job.current_file, job.stage, job.heartbeat_at = path, "parsing", now()
             return job.cancel_requested
@@ -179,20 +257,16 @@ class JobStore:
         self, lease: Lease, *, stage: Stage, pages_done: int, pages_total: int, chunks_done: int,
         timings: dict[str, float],
     ) -> bool:  # fmt: skip
-        """Progress of the files under way, added to what the job's finished files already did; True
-        when the job is to be cancelled."""
+        """Progress of the claim's files under way; the job's totals add every claim's to what its finished
+        files did. True when the job is to be cancelled."""
         with self._registry.session() as session:
+            claim = owned_claim(session, lease)
+            claim.pages_done, claim.pages_total, claim.chunks_done = pages_done, pages_total, chunks_done
+            claim.timings, claim.heartbeat_at = timings, now()
             job = owned_job(session, lease)
-            base = self._finished_totals(session, lease.job_id)
-            job.stage = stage
-            job.pages_done = base.pages + pages_done
-            job.pages_total = base.pages + pages_total
-            job.chunks_done = base.chunks + chunks_done
-            merged = dict(base.timings)
-            for key, ms in timings.items():
-                merged[key] = merged.get(key, 0.0) + ms
-            job.timings = merged
-            job.heartbeat_at = now()
+            job.stage, job.heartbeat_at = stage, now()
+            session.flush()
+            self._total(session, job)
             return job.cancel_requested
 
     def finish_item(
@@ -201,114 +275,234 @@ class JobStore:
     ) -> None:  # fmt: skip
         with self._registry.session() as session:
             job = owned_job(session, lease)
-            item = session.get(JobItemRow, (lease.job_id, ordinal))
-            assert item is not None
-            if item.status not in ("queued", "running"):
+            item = self._held(session, lease, ordinal)
+            if item.status not in _OPEN:
                 return  # recorded already (a pass that broke off was retried)
+            # The claim's last progress report counted this file as under way; it counts as finished now,
+            # and the claim's next report covers the files still under way.
+            self._clear_progress(owned_claim(session, lease))
             item.status, item.version, item.pages, item.chunks = status, version, pages, chunks
             item.error, item.error_code, item.timings = error[:4000], error_code, timings or {}
+            item.worker = self._claim_worker(session, lease)
             job.files_done += 1
             job.files_failed += status == "failed"
-            session.flush()
-            base = self._finished_totals(session, lease.job_id)
-            job.pages_done = job.pages_total = base.pages
-            job.chunks_done = base.chunks
-            job.timings = base.timings
             job.heartbeat_at = now()
+            session.flush()
+            self._total(session, job)
+            self._close_if_done(session, job)
 
-    def finish(self, lease: Lease) -> str:
-        """Close the job: done, or failed when every file failed, or cancelled when asked to be; its state."""
+    def release(self, lease: Lease) -> str:
+        """The worker is through with its claim: files it did not get to are cancelled when the job is to
+        be, else handed back to the queue. Closes the job if nothing is left of it; the job's state."""
         with self._registry.session() as session:
-            job = owned_job(session, lease)
-            if job.cancel_requested and job.files_done < job.files_total:
-                self._cancel_rest(session, job)
-            else:
-                ok = job.files_total == 0 or job.files_failed < job.files_total
-                job.state = job.stage = "done" if ok else "failed"
-                job.current_file, job.finished_at = "", now()
-                if job.files_failed:
-                    job.error = f"{job.files_failed} of {job.files_total} files failed"
+            if self._closed_with(session, lease):
+                return str(session.scalar(select(JobRow.state).where(JobRow.job_id == lease.job_id)))
+            claim = owned_claim(session, lease)
+            job = session.get(JobRow, lease.job_id, with_for_update=True)
+            assert job is not None
+            claim.state = "released"
+            self._clear_progress(claim)
+            for item in self._of_claim(session, lease):
+                if job.cancel_requested:
+                    item.status, item.error, item.error_code = "cancelled", "the job was cancelled", "cancelled"
+                else:
+                    item.status, item.claim = "queued", 0
+            session.flush()
+            self._total(session, job)
+            self._close_if_done(session, job)
             return job.state
 
+    def heartbeat(self, lease: Lease) -> bool:
+        """Say the claim's worker is alive; True when the job is to be cancelled, LostJob when the claim is
+        not ours any more."""
+        with self._registry.session() as session:
+            if self._closed_with(session, lease):
+                return False  # its last file closed the job: nothing is lost
+            claim = owned_claim(session, lease)
+            claim.heartbeat_at = now()
+            return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.job_id == lease.job_id)))
+
+    def abandoned(self) -> list[Lease]:
+        """Active claims whose worker is gone (a dead PID on this host, or no heartbeat for a while), each
+        as the lease its worker held."""
+        with self._registry.session() as session:
+            active = session.scalars(select(JobClaimRow).where(JobClaimRow.state == "active")).all()
+        return [Lease(c.job_id, c.token) for c in active if self._gone(c.worker, c.heartbeat_at)]
+
+    def requeue(self, lease: Lease, *, max_attempts: int = 2, error: str = "") -> Requeued | None:
+        """Take a claim back from the worker that held it with `lease` (it died or stalled): the claim is
+        marked lost (that worker's late writes are refused), the versions it had begun are retired, and its
+        files are queued again; other workers' claims of the job go on. A file that was running has crashed
+        its worker once more: after `max_attempts` starts it is failed (`worker_crashed`) instead. None when
+        the claim was no longer held (someone else requeued it first)."""
+        with self._registry.session() as session:
+            try:
+                claim = owned_claim(session, lease)
+            except LostJob:
+                return None
+            job = session.get(JobRow, lease.job_id, with_for_update=True)
+            assert job is not None
+            claim.state = "lost"
+            self._clear_progress(claim)
+            message = error or "interrupted: the worker stopped mid-file; retried"
+            interrupted = self._registry.interrupt_job(session, job.job_id, lease.token, error=message)
+            crashed: list[str] = []
+            for item in self._of_claim(session, lease):
+                if item.status == "running" and item.attempts >= max_attempts:
+                    item.status, item.error_code = "failed", "worker_crashed"
+                    item.error = f"the worker stopped while indexing this file, {item.attempts} times: given up"
+                    job.files_done += 1
+                    job.files_failed += 1
+                    crashed.append(item.doc_id)
+                elif job.cancel_requested:
+                    item.status, item.error, item.error_code = "cancelled", "the job was cancelled", "cancelled"
+                else:
+                    item.status, item.claim = "queued", 0
+            session.flush()
+            self._total(session, job)
+            if not self._close_if_done(session, job) and not self._active_claims(session, job.job_id):
+                job.state, job.stage, job.worker, job.current_file = "queued", "queued", "", ""
+            return Requeued(job.job_id, job.kb, interrupted, crashed)
+
     def cancel(self, job_id: str) -> str | None:
-        """Cancel a job: a queued one at once, a running one when its worker next looks (between files and
-        batches; it rolls back the file under way). Its state now ("cancelling" while a worker still runs
-        it); None for an unknown job. A finished job stays as it is."""
+        """Cancel a job: its unclaimed files at once, the ones workers hold when they next look (between
+        files and batches; each rolls back the file under way). Its state now ("cancelling" while workers
+        still hold some of it); None for an unknown job. A finished job stays as it is."""
         with self._registry.session() as session:
             job = session.get(JobRow, job_id, with_for_update=True)
             if job is None:
                 return None
-            if job.state == "queued":
-                self._cancel_rest(session, job)
-                job.token += 1  # a worker that claimed it meanwhile may not write under it
-            elif job.state == "running":
-                job.cancel_requested = True
+            if job.state in FINISHED_STATES:
+                return job.state
+            job.cancel_requested = True
+            unclaimed = session.scalars(
+                select(JobItemRow).where(
+                    JobItemRow.job_id == job_id, JobItemRow.status == "queued", JobItemRow.claim == 0
+                )
+            ).all()
+            for item in unclaimed:
+                item.status, item.error, item.error_code = "cancelled", "the job was cancelled", "cancelled"
+            session.flush()
+            if self._active_claims(session, job_id):
                 return "cancelling"
+            self._close_if_done(session, job)
             return job.state
 
+    # -- the job's state and totals, from its files ------------------------------------------------
     @staticmethod
-    def _cancel_rest(session: Session, job: JobRow) -> None:
-        rest = session.scalars(
-            select(JobItemRow).where(JobItemRow.job_id == job.job_id, JobItemRow.status.in_(("queued", "running")))
-        ).all()
-        for item in rest:
-            item.status, item.error, item.error_code = "cancelled", "the job was cancelled", "cancelled"
-        job.state = job.stage = "cancelled"
+    def _held(session: Session, lease: Lease, ordinal: int) -> JobItemRow:
+        item = session.get(JobItemRow, (lease.job_id, ordinal), with_for_update=True)
+        if item is None or item.claim != lease.token:
+            raise LostJob(f"job {lease.job_id}: file {ordinal} is not held by claim {lease.token}")
+        return item
+
+    @staticmethod
+    def _clear_progress(claim: JobClaimRow) -> None:
+        claim.pages_done = claim.pages_total = claim.chunks_done = 0
+        claim.timings = {}
+
+    @staticmethod
+    def _closed_with(session: Session, lease: Lease) -> bool:
+        """Whether the job was closed while this claim held files of it (the claim was released with it)."""
+        state = session.scalar(
+            select(JobClaimRow.state).where(JobClaimRow.job_id == lease.job_id, JobClaimRow.token == lease.token)
+        )
+        return state == "released"
+
+    @staticmethod
+    def _claim_worker(session: Session, lease: Lease) -> str:
+        return (
+            session.scalar(
+                select(JobClaimRow.worker).where(JobClaimRow.job_id == lease.job_id, JobClaimRow.token == lease.token)
+            )
+            or ""
+        )
+
+    @staticmethod
+    def _of_claim(session: Session, lease: Lease) -> list[JobItemRow]:
+        return list(
+            session.scalars(
+                select(JobItemRow).where(
+                    JobItemRow.job_id == lease.job_id, JobItemRow.claim == lease.token, JobItemRow.status.in_(_OPEN)
+                )
+            )
+        )
+
+    @staticmethod
+    def _active_claims(session: Session, job_id: str) -> int:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(JobClaimRow)
+                .where(JobClaimRow.job_id == job_id, JobClaimRow.state == "active")
+            )
+            or 0
+        )
+
+    @staticmethod
+    def _close_if_done(session: Session, job: JobRow) -> bool:
+        """Close the job when none of its files is queued or running (the caller holds the job row's lock,
+        so exactly one writer closes it): done, failed when every file failed, cancelled when asked to be
+        before its last file finished. True when it is closed."""
+        if job.state in FINISHED_STATES:
+            return True
+        left = session.scalar(
+            select(func.count())
+            .select_from(JobItemRow)
+            .where(JobItemRow.job_id == job.job_id, JobItemRow.status.in_(_OPEN))
+        )
+        if left:
+            return False
+        session.execute(
+            update(JobClaimRow)
+            .where(JobClaimRow.job_id == job.job_id, JobClaimRow.state == "active")
+            .values(state="released", pages_done=0, pages_total=0, chunks_done=0, timings={})
+            .execution_options(synchronize_session="fetch")
+        )
+        session.flush()
+        JobStore._total(session, job)
+        if job.cancel_requested and job.files_done < job.files_total:
+            job.state = job.stage = "cancelled"
+            done = f" after {job.files_done} of {job.files_total} files" if job.files_done else ""
+            job.error = "cancelled" + done
+        else:
+            ok = job.files_total == 0 or job.files_failed < job.files_total
+            job.state = job.stage = "done" if ok else "failed"
+            if job.files_failed:
+                job.error = f"{job.files_failed} of {job.files_total} files failed"
         job.current_file, job.finished_at = "", now()
-        job.error = "cancelled" + (f" after {job.files_done} of {job.files_total} files" if job.files_done else "")
+        return True
 
-    def heartbeat(self, lease: Lease) -> bool:
-        """Say the worker is alive; True when the job is to be cancelled, LostJob when it is not ours."""
-        with self._registry.session() as session:
-            job = owned_job(session, lease)
-            job.heartbeat_at = now()
-            return job.cancel_requested
-
-    def abandoned(self) -> list[Lease]:
-        """Running jobs whose worker is gone (a dead PID on this host, or no heartbeat for a while), each
-        with the token its worker held."""
-        with self._registry.session() as session:
-            running = session.scalars(select(JobRow).where(JobRow.state == "running")).all()
-        return [Lease(job.job_id, job.token) for job in running if self._gone(job.worker, job.heartbeat_at)]
+    @staticmethod
+    def _total(session: Session, job: JobRow) -> None:
+        """The job's progress: its finished files, and what the active claims report of the files under way."""
+        pages = chunks = under_pages = under_total = under_chunks = 0
+        timings: dict[str, float] = {}
+        items = session.scalars(
+            select(JobItemRow).where(JobItemRow.job_id == job.job_id, JobItemRow.status.in_(_FINISHED_ITEMS))
+        )
+        for item in items:
+            pages += item.pages or 0
+            chunks += item.chunks
+            for key, ms in (item.timings or {}).items():
+                timings[key] = timings.get(key, 0.0) + ms
+        claims = session.scalars(
+            select(JobClaimRow).where(JobClaimRow.job_id == job.job_id, JobClaimRow.state == "active")
+        )
+        for claim in claims:
+            under_pages += claim.pages_done
+            under_total += claim.pages_total
+            under_chunks += claim.chunks_done
+            for key, ms in (claim.timings or {}).items():
+                timings[key] = timings.get(key, 0.0) + ms
+        job.pages_done, job.pages_total = pages + under_pages, pages + under_total
+        job.chunks_done, job.timings = chunks + under_chunks, timings
 
     def _gone(self, worker: str, heartbeat_at: datetime | None) -> bool:
         worker_host, _, pid = worker.rpartition(":")
         if worker_host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             return True
         return heartbeat_at is None or now() - as_utc(heartbeat_at) > self._stale
-
-    def requeue(self, lease: Lease, *, max_attempts: int = 2, error: str = "") -> Requeued | None:
-        """Take a job back from the worker that held it with `lease` (it died or stalled): a new token
-        fences that worker out, the versions it had begun are retired, and the job is queued again, to
-        resume after its finished files. A file that was running has crashed its worker once more: after
-        `max_attempts` starts it is failed (`worker_crashed`) instead of being retried. None when the job
-        was no longer held with that lease (someone else requeued it first)."""
-        with self._registry.session() as session:
-            try:
-                job = owned_job(session, lease)
-            except LostJob:
-                return None
-            message = error or "interrupted: the worker stopped mid-file; retried"
-            interrupted = self._registry.interrupt_job(session, job.job_id, lease.token, error=message)
-            crashed: list[str] = []
-            running = session.scalars(
-                select(JobItemRow).where(JobItemRow.job_id == job.job_id, JobItemRow.status == "running")
-            ).all()
-            for item in running:
-                if item.attempts >= max_attempts:
-                    item.status, item.error_code = "failed", "worker_crashed"
-                    item.error = f"the worker stopped while indexing this file, {item.attempts} times: given up"
-                    job.files_done += 1
-                    job.files_failed += 1
-                    crashed.append(item.doc_id)
-                else:
-                    item.status = "queued"
-            job.token += 1
-            if job.cancel_requested:
-                self._cancel_rest(session, job)
-            else:
-                job.state, job.stage, job.worker = "queued", "queued", ""
-            return Requeued(job.job_id, job.kb, interrupted, crashed)
 
     # -- workers ----------------------------------------------------------------------------------
     def worker_beat(self, worker: str) -> None:
@@ -331,21 +525,6 @@ class JobStore:
             rows = session.scalars(select(WorkerRow)).all()
         return [row.worker for row in rows if not self._gone(row.worker, row.heartbeat_at)]
 
-    @staticmethod
-    def _finished_totals(session: Session, job_id: str) -> _Totals:
-        totals = _Totals()
-        items = session.scalars(
-            select(JobItemRow).where(
-                JobItemRow.job_id == job_id, JobItemRow.status.in_(("indexed", "unchanged", "failed"))
-            )
-        )
-        for item in items:
-            totals.pages += item.pages or 0
-            totals.chunks += item.chunks
-            for key, ms in (item.timings or {}).items():
-                totals.timings[key] = totals.timings.get(key, 0.0) + ms
-        return totals
-
     # -- reads for the jobs API --------------------------------------------------------------------
     def page(
         self, *, kbs: list[str] | None, state: str | None = None, limit: int = 50, offset: int = 0
@@ -361,13 +540,6 @@ class JobStore:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = list(session.scalars(query.order_by(JobRow.created_at.desc()).limit(limit).offset(offset)))
         return rows, int(total)
-
-
-@dataclass
-class _Totals:
-    pages: int = 0
-    chunks: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class WorkerRow(Base):

@@ -7,9 +7,10 @@ see, and the switch from old to new is the single SQL transaction in `publish`.
 Every write that decides something (begin, publish, fail, a job's claim) checks and writes in one
 transaction that holds the rows it reads: `SELECT ... FOR UPDATE` on PostgreSQL, and on SQLite a write
 transaction taken up front (`BEGIN IMMEDIATE`), so that no other writer runs between the check and the
-write. A version begun by a job carries the job's fencing token (a counter the job row bumps on every
-claim and requeue): a worker that lost its job (paused past the heartbeat timeout, requeued, cancelled)
-can neither begin, publish nor fail anything under it any more (`LostJob`).
+write. Workers claim a job's files a few at a time; each claim is a row with its own fencing token (from
+a counter on the job row), and a version begun under a claim carries that token: a worker that lost its
+claim (paused past the heartbeat timeout, requeued) can neither begin, publish nor fail anything under it
+any more (`LostJob`), while the other workers' claims of the same job go on.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class LostJob(PublishRefused):
 
 @dataclass(frozen=True)
 class Lease:
-    """A worker's hold on a job: the job and the fencing token its claim got."""
+    """A worker's hold on some files of a job: the job and the fencing token of the claim (a JobClaimRow)."""
 
     job_id: str
     token: int
@@ -208,7 +209,7 @@ class JobRow(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(256), default="")
-    # The fencing token: bumped by every claim and requeue; writes under an older one are refused.
+    # The last fencing token handed out: every claim of some of its files takes the next one.
     token: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -217,11 +218,43 @@ class JobRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class JobClaimRow(Base):
+    """One worker's claim of some files of a job: the unit that is fenced, heartbeated and requeued. Several
+    workers hold claims of the same job at once; each file (a job item) names the claim that holds it."""
+
+    __tablename__ = "job_claims"
+    __table_args__ = (ForeignKeyConstraint(["job_id"], ["jobs.job_id"], ondelete="CASCADE"),)
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(256), default="")
+    # active → released (its files are finished or handed back) | lost (requeued: its worker died or stalled)
+    state: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # Progress of the claim's files under way (finished files are counted from the items).
+    pages_done: Mapped[int] = mapped_column(Integer, default=0)
+    pages_total: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+
+
+def owned_claim(session: Session, lease: Lease) -> JobClaimRow:
+    """The claim row, locked, while `lease` still holds it; LostJob otherwise. Locking the claim, not the job,
+    lets the workers of one job publish side by side; a requeue locks the same row, so it waits for (or
+    fences out) a publish under way."""
+    claim = session.get(JobClaimRow, (lease.job_id, lease.token), with_for_update=True)
+    if claim is None or claim.state != "active":
+        raise LostJob(f"job {lease.job_id}: claim {lease.token} is no longer held by this worker")
+    return claim
+
+
 def owned_job(session: Session, lease: Lease) -> JobRow:
-    """The job row, locked, when `lease` still holds it; LostJob otherwise."""
+    """The job row, locked (after the claim), while `lease` still holds its claim; LostJob otherwise."""
+    owned_claim(session, lease)
     job = session.get(JobRow, lease.job_id, with_for_update=True)
-    if job is None or job.token != lease.token or job.state != "running":
-        raise LostJob(f"job {lease.job_id} is no longer held by this worker (claim {lease.token})")
+    if job is None or job.state != "running":
+        raise LostJob(f"job {lease.job_id} is no longer running (claim {lease.token})")
     return job
 
 
@@ -579,7 +612,7 @@ class Registry:
         acl_groups: list[str], tags: list[str], job_id: str, lease: Lease | None, origin: str, replace: bool,
     ) -> int:  # fmt: skip
         if lease is not None:
-            owned_job(session, lease)
+            owned_claim(session, lease)
         doc = session.get(DocumentRow, (kb, doc_id), with_for_update=True)
         if doc is None:
             doc = DocumentRow(kb=kb, doc_id=doc_id, title=title, source=source, status="pending", origin=origin)
@@ -616,7 +649,7 @@ class Registry:
         begun, when a version begun later is already published, or when `lease` no longer holds the job."""
         with self.session() as session:
             if lease is not None:
-                owned_job(session, lease)
+                owned_claim(session, lease)
             doc = session.get(DocumentRow, (kb, doc_id), with_for_update=True)
             row = session.get(VersionRow, (kb, doc_id, version), with_for_update=True)
             if doc is None or row is None or row.status != "indexing":
@@ -652,7 +685,7 @@ class Registry:
         (then whoever took the job over records it)."""
         with self.session() as session:
             if lease is not None:
-                owned_job(session, lease)
+                owned_claim(session, lease)
             row = session.get(VersionRow, (kb, doc_id, version))
             doc = session.get(DocumentRow, (kb, doc_id))
             if row is not None and row.status == "indexing":
@@ -662,11 +695,12 @@ class Registry:
 
     def interrupt_job(self, session: Session, job_id: str, token: int, *, error: str) -> list[VersionRef]:
         """Within the caller's transaction: retire the versions a claim of a job had begun and not
-        finished (their worker died or lost the job). They are hidden at once, and their chunks go with
-        the caller's rollback, or with the purge schedule if the caller dies too."""
+        finished (its worker died or lost the claim); other claims of the job keep theirs. They are hidden
+        at once, and their chunks go with the caller's rollback, or with the purge schedule if the caller
+        dies too."""
         rows = session.scalars(
             select(VersionRow).where(
-                VersionRow.job_id == job_id, VersionRow.job_token <= token, VersionRow.status == "indexing"
+                VersionRow.job_id == job_id, VersionRow.job_token == token, VersionRow.status == "indexing"
             )
         ).all()
         for row in rows:

@@ -1,4 +1,5 @@
-"""JobWorker: takes queued ingestion jobs from the SQL queue, runs them through the IngestPipeline,
+"""JobWorker: claims the files of queued ingestion jobs from a WorkQueue (ingest/queue.py; the SQL one in
+ingest/jobs.py by default), a few at a time, runs them through the IngestPipeline,
 purges retired versions when their grace period has passed, and finishes access changes (new groups or
 tags of a document) that a process left part-way.
 
@@ -18,8 +19,9 @@ from pathlib import Path
 from core.tracing import tracer
 from ingest.access import DocumentAccess
 from ingest.events import FileFinished, FileProgress, FileStarted, FileTask, Progress
-from ingest.jobs import JobItemRow, JobStore, Lease, worker_name
+from ingest.jobs import JobItemRow, Lease, worker_name
 from ingest.pipeline import IngestPipeline
+from ingest.queue import WorkQueue
 from ingest.registry import LostJob
 from ingest.versions import Versions
 
@@ -30,7 +32,7 @@ class JobWorker:
     def __init__(
         self,
         *,
-        jobs: JobStore,
+        jobs: WorkQueue,
         pipeline: IngestPipeline,
         versions: Versions,
         uploads_dir: Path,
@@ -53,8 +55,8 @@ class JobWorker:
         self._purge_at = 0.0  # monotonic time of the next purge a running job should do
 
     def recover(self) -> int:
-        """Take back the jobs of workers that died or stalled: fence them out, roll back what they left
-        half-done, and queue the jobs again."""
+        """Take back the claims of workers that died or stalled: fence them out, roll back what they left
+        half-done, and queue their files again. Returns the claims taken back."""
         recovered = 0
         for lease in self._jobs.abandoned():
             taken = self._jobs.requeue(lease, max_attempts=self._max_attempts)
@@ -70,6 +72,8 @@ class JobWorker:
                 self._versions.discard(taken.kb, taken.interrupted)
             except Exception:  # retired already: the purge schedule deletes them if this fails
                 log.warning("job %s: could not delete the chunks it left", lease.job_id, exc_info=True)
+            if self._jobs.finished(lease.job_id):  # its last files crashed out: nobody else will clean up
+                shutil.rmtree(self.uploads_dir / lease.job_id, ignore_errors=True)
             recovered += 1
         return recovered
 
@@ -79,6 +83,7 @@ class JobWorker:
         stop = stop or threading.Event()
         done = 0
         self.recover()
+        log.info("worker %s ready: polling the job queue", self.name)
         try:
             while not stop.is_set():
                 self._jobs.worker_beat(self.name)
@@ -120,20 +125,29 @@ class JobWorker:
         return due_in
 
     def run_job(self, lease: Lease) -> None:
-        """Run a claimed job to its end: done, failed, or cancelled; or stop at once if it is lost (another
-        worker took it over), leaving no chunks of what this worker had not published."""
+        """Work on a claimed job until no file of it is left to claim: this claim's files, then the next few
+        of the same job, and so on. Other workers claim files of the same job meanwhile; whichever finishes
+        its last file closes it. On a lost claim (another worker took it over) stop at once, leaving no
+        chunks of what this worker had not published."""
         view = self._jobs.get(lease.job_id)
         assert view is not None
         with tracer.start_as_current_span("ingest job", attributes={"kb.job_id": lease.job_id, "kb.kb": view.job.kb}):
-            self._run_job(lease, view.job.kb, view.job.acl_groups, view.job.tags)
+            held: Lease | None = lease
+            while held is not None:
+                if not self._run_claim(held, kb=view.job.kb, acl_groups=view.job.acl_groups, tags=view.job.tags):
+                    break
+                held = self._jobs.claim(self.name, job_id=lease.job_id)
+        if self._jobs.finished(lease.job_id):
+            shutil.rmtree(self.uploads_dir / lease.job_id, ignore_errors=True)
 
-    def _run_job(self, lease: Lease, kb: str, acl_groups: list[str] | None, tags: list[str] | None) -> None:
+    def _run_claim(self, lease: Lease, *, kb: str, acl_groups: list[str] | None, tags: list[str] | None) -> bool:
+        """Run the files of one claim and release it; False when the claim was lost."""
         signals = _Signals()
         beater = threading.Thread(target=self._heartbeat, args=(lease, signals), daemon=True)
         beater.start()
         try:
             while not signals.cancel.is_set():
-                pending = self._jobs.pending_items(lease.job_id)
+                pending = self._jobs.claimed_items(lease)
                 if not pending:
                     break
                 try:
@@ -143,18 +157,19 @@ class JobWorker:
                 except Exception as exc:
                     log.exception("job %s: ingestion broke off", lease.job_id)
                     self._fail_running(lease, pending, exc)
-            state = self._jobs.finish(lease)
-            if state == "cancelled":
+            if self._jobs.release(lease) == "cancelled":
                 log.info("job %s cancelled", lease.job_id)
+                return False
         except LostJob as exc:
             log.warning(
-                "job %s: lost to another worker (%s); stopped, own unpublished chunks removed", lease.job_id, exc
-            )
-            return
+                "job %s: claim %d lost to another worker (%s); stopped, own unpublished chunks removed",
+                lease.job_id, lease.token, exc,
+            )  # fmt: skip
+            return False
         finally:
             signals.stop.set()
             beater.join(timeout=5)
-        shutil.rmtree(self.uploads_dir / lease.job_id, ignore_errors=True)
+        return True
 
     def _run_items(
         self, lease: Lease, items: list[JobItemRow], *, kb: str, acl_groups: list[str] | None,
@@ -194,7 +209,7 @@ class JobWorker:
     def _fail_running(self, lease: Lease, items: list[JobItemRow], exc: Exception) -> None:
         """After the run broke off: fail the files that were under way (or, if none had started, the
         first one), so the next pass goes on after them rather than hitting the same wall."""
-        fresh = {i.ordinal: i for i in self._jobs.pending_items(lease.job_id)}
+        fresh = {i.ordinal: i for i in self._jobs.claimed_items(lease)}
         running = [o for o, i in fresh.items() if i.status == "running"] or [items[0].ordinal]
         for ordinal in running:
             if ordinal in fresh:
@@ -231,7 +246,7 @@ class _JobProgress:
     can be), written at most once per interval: the pipeline reports several times per batch, a progress
     bar needs far fewer, and each write recounts the job's finished files."""
 
-    def __init__(self, jobs: JobStore, lease: Lease, *, every_s: float) -> None:
+    def __init__(self, jobs: WorkQueue, lease: Lease, *, every_s: float) -> None:
         self._jobs = jobs
         self._lease = lease
         self._every = every_s

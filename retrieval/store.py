@@ -6,12 +6,16 @@ Standalone/Distributed (`uri` + `token`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pymilvus import (
@@ -132,11 +136,16 @@ class MilvusStore:
         stop_words: bool = True,
         timeout_s: float | None = None,
         embedding_model: str = "",
+        write_lock: Path | None = None,
     ) -> None:
         self._client = client
         # Recorded in each new collection's description and compared on opening: two models of the same
         # dimension (MiniLM and e5-small: 384) make vectors that mean nothing to each other.
         self.embedding_model = embedding_model
+        # Milvus Lite takes one writer at a time: two worker processes inserting and flushing at once
+        # break its segment sequence ("current_seq is monotonic"). Every kb process on the host then
+        # takes this file lock around its writes; Milvus Standalone and Distributed need none.
+        self._write_lock = write_lock
         # Every call to Milvus gives up after this long (gRPC deadline) instead of hanging a request.
         self._timeout = timeout_s
         self.dimension = dimension
@@ -169,15 +178,32 @@ class MilvusStore:
             self._create_aliased(name)
         else:
             self._check_compatible(kb, name)
-        self._client.load_collection(name, timeout=self._timeout)
+        self._load(name)
         self._ready.add(name)
         return name
+
+    def _load(self, name: str, *, attempts: int = 20) -> None:
+        # A collection another process has just created may not have its indexes yet: it loads once it has.
+        for attempt in range(attempts):
+            try:
+                self._client.load_collection(name, timeout=self._timeout)
+                return
+            except MilvusException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.25)
 
     def _create_aliased(self, alias: str) -> None:
         """The knowledge base's name is an alias of its collection, so that `reindex` can point it at
         another collection in one step while searches go on."""
         physical = _generation_name(alias, 1)
-        self._create(physical)
+        try:
+            self._create(physical)
+        except MilvusException:
+            # Several worker processes start on a new knowledge base at once: one creates it.
+            if not self._client.has_collection(physical, timeout=self._timeout):
+                raise
+            log.info("collection %s was created by another process meanwhile", physical)
         try:
             self._client.create_alias(physical, alias, timeout=self._timeout)
         except MilvusException:
@@ -251,14 +277,28 @@ class MilvusStore:
         index = self._client.prepare_index_params()
         index.add_index(field_name="dense", index_type="HNSW", metric_type="COSINE", params=self._hnsw)
         index.add_index(field_name="sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        self._client.create_collection(
-            name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout,
-            # A property, not the description: Milvus Lite keeps properties but drops descriptions.
-            properties={_MODEL_PROPERTY: self.embedding_model},
-        )  # fmt: skip
+        with self._writing():
+            self._client.create_collection(
+                name, schema=schema, index_params=index, consistency_level=CONSISTENCY, timeout=self._timeout,
+                # A property, not the description: Milvus Lite keeps properties but drops descriptions.
+                properties={_MODEL_PROPERTY: self.embedding_model},
+            )  # fmt: skip
         log.info("created collection %s (dim %d, analyzer %s)", name, self.dimension, self._analyzer)
 
     # -- writes -------------------------------------------------------------------------------
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        self._write_lock.parent.mkdir(parents=True, exist_ok=True)
+        with self._write_lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     @staticmethod
     def _rows(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
         return [
@@ -288,27 +328,32 @@ class MilvusStore:
             return 0
         name = self.ensure_collection(kb)
         rows = self._rows(chunks, vectors)
-        self._client.upsert(name, rows, timeout=self._timeout)
+        with self._writing():
+            self._client.upsert(name, rows, timeout=self._timeout)
         return len(rows)
 
     def flush(self, kb: str) -> None:
         # Milvus Lite rebuilds the BM25 index on every search until the segment is flushed.
-        self._client.flush(self.ensure_collection(kb), timeout=self._timeout)
+        name = self.ensure_collection(kb)
+        with self._writing():
+            self._client.flush(name, timeout=self._timeout)
 
     def delete_document(self, kb: str, doc_id: str, *, keep_version: int | None = None) -> None:
         name = self.ensure_collection(kb)
         expr = build_filter(_ALL, doc_id=doc_id)
         if keep_version is not None:
             expr += f" and version != {int(keep_version)}"
-        self._client.delete(name, filter=expr, timeout=self._timeout)
+        with self._writing():
+            self._client.delete(name, filter=expr, timeout=self._timeout)
 
     def delete_version(self, kb: str, doc_id: str, version: int) -> None:
         name = self.ensure_collection(kb)
-        self._client.delete(
-            name,
-            filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
-            timeout=self._timeout,
-        )
+        with self._writing():
+            self._client.delete(
+                name,
+                filter=f"{build_filter(_ALL, doc_id=doc_id)} and version == {int(version)}",
+                timeout=self._timeout,
+            )
 
     def update_access(self, kb: str, doc_id: str, version: int, acl_groups: Sequence[str], tags: Sequence[str]) -> int:
         """Give every chunk of one version new groups and tags without embedding anything again.
@@ -334,15 +379,17 @@ class MilvusStore:
         groups, labels = list(acl_groups), list(tags)
         for start in range(0, len(ids), _PAGE):
             rows = self._client.get(name, ids=ids[start : start + _PAGE], output_fields=[*_OUTPUT_FIELDS, "dense"])
-            self._client.upsert(
-                name,
-                [
-                    {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
-                     "acl_groups": groups, "tags": labels}
-                    for row in rows
-                ],
-            )  # fmt: skip
-        self._client.flush(name)
+            with self._writing():
+                self._client.upsert(
+                    name,
+                    [
+                        {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
+                         "acl_groups": groups, "tags": labels}
+                        for row in rows
+                    ],
+                )  # fmt: skip
+        with self._writing():
+            self._client.flush(name)
         return len(ids)
 
     def count(self, kb: str) -> int:
@@ -510,12 +557,14 @@ class MilvusStore:
                 while rows := pages.next():
                     chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
                     vectors = embed([c.text for c in chunks])
-                    self._client.upsert(new, self._rows(chunks, vectors), timeout=self._timeout)
+                    with self._writing():
+                        self._client.upsert(new, self._rows(chunks, vectors), timeout=self._timeout)
                     copied += len(chunks)
                     progress(copied)
             finally:
                 pages.close()
-            self._client.flush(new, timeout=self._timeout)
+            with self._writing():
+                self._client.flush(new, timeout=self._timeout)
         except BaseException:
             self._client.drop_collection(new, timeout=self._timeout)
             raise

@@ -191,18 +191,33 @@ def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
     emit({"job_id": job_id, "state": state}, as_json, human)
 
 
+_UNTIL_IDLE = typer.Option("--until-idle", help="Exit when no job is queued and no purge is pending.")
+
+
 @jobs_cli.command("work")
-def jobs_work(
-    until_idle: Annotated[
-        bool, typer.Option("--until-idle", help="Exit when no job is queued and no purge is pending.")
-    ] = False,
-) -> None:
-    """Run an ingestion worker (`kb up` runs one inside the API); it also purges retired versions when due."""
+def jobs_work(until_idle: Annotated[bool, _UNTIL_IDLE] = False) -> None:
+    """Run an ingestion worker (`kb up` runs one inside the API); it also purges retired versions when due.
+    The same as `kb worker`."""
+    _work(until_idle)
+
+
+@cli.command("worker")
+def worker(until_idle: Annotated[bool, _UNTIL_IDLE] = False) -> None:
+    """Run an ingestion worker. Any number can run, on any number of machines, against the same database,
+    Milvus and uploads folder: they share the queue file by file (a big job is spread over all of them),
+    and a worker that dies (even kill -9) has its files taken over by the others."""
+    _work(until_idle)
+
+
+def _work(until_idle: bool) -> None:
+    from app.logs import configure_logging
     from app.worker import run_worker
 
+    settings = load_settings()
+    configure_logging(settings.log_level)
     stop = threading.Event()
     try:
-        run_worker(_container(load_settings()), stop, until_idle=until_idle)
+        run_worker(_container(settings), stop, until_idle=until_idle)
     except KeyboardInterrupt:
         stop.set()
 

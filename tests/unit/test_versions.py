@@ -4,6 +4,7 @@ the switch, rollbacks, and a purge that is scheduled (due after the grace period
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -222,7 +223,8 @@ def test_max_attempts_fails_a_file_that_keeps_crashing_its_worker(registry: Regi
     assert [(i.status, i.error_code, i.attempts) for i in view.items] == [
         ("failed", "worker_crashed", 2), ("queued", "", 0),
     ]  # fmt: skip
-    assert [i.doc_id for i in jobs.pending_items(job_id)] == ["ok.md"]
+    again = jobs.claim("w")
+    assert again is not None and [i.doc_id for i in jobs.claimed_items(again)] == ["ok.md"]
 
 
 def test_cancel_a_queued_job_at_once_and_a_running_one_by_flag(registry: Registry) -> None:
@@ -239,7 +241,7 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_by_flag(registry: Registr
     assert jobs.cancel(running) == "cancelling"
     assert jobs.heartbeat(lease) is True
     jobs.finish_item(lease, 0, status="indexed", version=1, pages=None, chunks=1)
-    assert jobs.finish(lease) == "cancelled"
+    assert jobs.release(lease) == "cancelled"
     view = jobs.get(running)
     assert view is not None and [i.status for i in view.items] == ["indexed", "cancelled"]
     assert jobs.cancel(running) == "cancelled"
@@ -288,7 +290,7 @@ def test_two_workers_process_every_job_exactly_once(registry: Registry, tmp_path
             start.wait()
             while (lease := jobs.claim(name)) is not None:
                 claimed[name].append(lease.job_id)
-                for item in jobs.pending_items(lease.job_id):
+                for item in jobs.claimed_items(lease):
                     jobs.start_item(lease, item.ordinal, path=item.path)
                     b = versions.begin("kb", item.doc_id, Path(item.path), acl_groups=[], tags=[], lease=lease,
                                        origin=item.origin, replace=False)  # fmt: skip
@@ -296,7 +298,7 @@ def test_two_workers_process_every_job_exactly_once(registry: Registry, tmp_path
                     versions.publish("kb", item.doc_id, b.version, title="t", pages=None, chunks=1, timings={},
                                      lease=lease)  # fmt: skip
                     jobs.finish_item(lease, item.ordinal, status="indexed", version=b.version, pages=None, chunks=1)
-                jobs.finish(lease)
+                jobs.release(lease)
         except BaseException as exc:  # asserted below
             errors.append(exc)
 
@@ -313,3 +315,102 @@ def test_two_workers_process_every_job_exactly_once(registry: Registry, tmp_path
     for job_id in ids:
         view = jobs.get(job_id)
         assert view is not None and view.job.state == "done" and view.job.attempts == 1
+
+
+def test_two_workers_share_one_big_job_and_each_file_is_done_exactly_once(registry: Registry, tmp_path: Path) -> None:
+    """One job of 50 files, two workers claiming three files at a time: both get a share, every file is
+    begun, published and recorded once, and the job is closed once, when its last file finishes."""
+    store = Store()
+    versions = Versions(registry, store)  # type: ignore[arg-type]
+    jobs = JobStore(registry, claim_files=3)
+    files = []
+    for n in range(50):
+        path = tmp_path / f"doc{n}.md"
+        path.write_text(f"document {n}")
+        files.append(JobFile(str(path), f"doc{n}.md", origin=str(path)))
+    job_id = jobs.create("kb", files, acl_groups=None, tags=None)
+    done: dict[str, list[str]] = {"w1": [], "w2": []}
+    closed: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        try:
+            start.wait()
+            while (lease := jobs.claim(name, job_id=job_id)) is not None:
+                for item in jobs.claimed_items(lease):
+                    jobs.start_item(lease, item.ordinal, path=item.path)
+                    b = versions.begin("kb", item.doc_id, Path(item.path), acl_groups=[], tags=[], lease=lease)
+                    versions.publish("kb", item.doc_id, b.version, title="t", pages=None, chunks=2, timings={},
+                                     lease=lease)  # fmt: skip
+                    jobs.finish_item(lease, item.ordinal, status="indexed", version=b.version, pages=1, chunks=2)
+                    done[name].append(item.doc_id)
+                    time.sleep(0.002)  # let the other worker in
+                if jobs.release(lease) == "done":
+                    closed.append(name)
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in done]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert done["w1"] and done["w2"], done  # the job was shared
+    assert sorted(done["w1"] + done["w2"]) == sorted(f.doc_id for f in files)  # each file once
+    for f in files:
+        assert [(v.version, v.status) for v in registry.versions("kb", f.doc_id)] == [(1, "ready")]
+    view = jobs.get(job_id)
+    assert view is not None and view.job.state == "done" and view.job.attempts == 1
+    assert (view.job.files_done, view.job.files_failed, view.job.chunks_done, view.job.pages_done) == (50, 0, 100, 50)
+    assert {i.worker for i in view.items} == {"w1", "w2"}
+    assert len(closed) >= 1  # every release after the close sees it done; the close itself happened once
+    assert view.job.finished_at is not None
+
+
+def test_requeueing_one_workers_claim_leaves_the_other_workers_claim_alone(registry: Registry, tmp_path: Path) -> None:
+    store = Store()
+    versions = Versions(registry, store)  # type: ignore[arg-type]
+    jobs = JobStore(registry, claim_files=1)
+    names = ("a.md", "b.md", "c.md")
+    for name in names:
+        (tmp_path / name).write_text(name)
+    job_id = jobs.create("kb", [JobFile(str(tmp_path / n), n) for n in names], acl_groups=None, tags=None)
+    dead, alive = jobs.claim("dead", files=1), jobs.claim("alive", files=1)
+    assert dead is not None and alive is not None and dead.token != alive.token
+    for lease, ordinal, name in ((dead, 0, "a.md"), (alive, 1, "b.md")):
+        jobs.start_item(lease, ordinal, path=name)
+        versions.begin("kb", name, tmp_path / name, acl_groups=[], tags=[], lease=lease)
+    taken = jobs.requeue(dead)
+    assert taken is not None and taken.interrupted == [VersionRef("a.md", 1)]
+    view = jobs.get(job_id)
+    assert view is not None and view.job.state == "running"  # the other claim still runs it
+    assert [i.status for i in view.items] == ["queued", "running", "queued"]
+    versions.publish("kb", "b.md", 1, title="t", pages=None, chunks=1, timings={}, lease=alive)
+    jobs.finish_item(alive, 1, status="indexed", version=1, pages=None, chunks=1)
+    with pytest.raises(LostJob):
+        jobs.finish_item(dead, 0, status="indexed", version=1, pages=None, chunks=1)
+    assert jobs.release(alive) == "running"
+    rest = [jobs.claim("alive", job_id=job_id), jobs.claim("alive", job_id=job_id)]
+    assert all(lease is not None for lease in rest) and jobs.claim("alive") is None
+    for lease in rest:
+        assert lease is not None
+        (item,) = jobs.claimed_items(lease)
+        jobs.finish_item(lease, item.ordinal, status="unchanged", version=0, pages=None, chunks=0)
+    final = jobs.get(job_id)
+    assert final is not None and final.job.state == "done"
+    assert [i.status for i in final.items] == ["unchanged", "indexed", "unchanged"]
+
+
+def test_claims_take_a_share_of_what_is_left_per_live_worker(registry: Registry) -> None:
+    jobs = JobStore(registry, claim_files=2)
+    job_id = jobs.create("kb", [JobFile(f"/in/{n}.md", f"{n}.md") for n in range(40)], acl_groups=None, tags=None)
+    jobs.worker_beat("host:1")
+    jobs.worker_beat("host:2")
+    sizes = []
+    while (lease := jobs.claim("host:1", job_id=job_id)) is not None:
+        sizes.append(len(jobs.claimed_items(lease)))
+    # Half of what is left per live worker, never below claim_files: big first, small at the end.
+    assert sizes == [10, 8, 6, 4, 3, 3, 2, 2, 2]
+    assert jobs.claim("host:1", job_id=job_id, files=1) is None
