@@ -43,6 +43,7 @@ from app.auth.keys import AppBase
 from app.auth.principal import Principal, local_admin
 from app.sensitive import SensitiveTerm, SensitiveTerms
 from core.types import Answer, ChatMessage, Citation
+from ingest.registry import create_tables
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -175,7 +176,7 @@ class AuditQuery:
 
 class AuditLog:
     def __init__(self, engine: Engine, *, questions: Literal["text", "hash"] = "text") -> None:
-        AppBase.metadata.create_all(engine, tables=[AuditRow.__table__])  # type: ignore[list-item]
+        create_tables(AppBase.metadata, engine, tables=[AuditRow.__table__])  # type: ignore[list-item]
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._questions = questions
 

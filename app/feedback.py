@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 from app.auth.keys import AppBase
 from app.settings import Settings
 from core.types import Answer
+from ingest.registry import create_tables
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class FeedbackLog:
         self, engine: Engine, *, keep_answers_days: float, model: str, digest: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
-        AppBase.metadata.create_all(engine, tables=[AnswerRow.__table__, FeedbackRow.__table__])  # type: ignore[list-item]
+        create_tables(AppBase.metadata, engine, tables=[AnswerRow.__table__, FeedbackRow.__table__])  # type: ignore[list-item]
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._keep = timedelta(days=keep_answers_days)
         self.model = model

@@ -15,6 +15,7 @@ any more (`LostJob`), while the other workers' claims of the same job go on.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,9 @@ from sqlalchemy import (
     DateTime,
     ForeignKeyConstraint,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -40,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from core.names import KB_NAME
@@ -49,6 +52,20 @@ from ingest.errors import DocIdConflict
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def create_tables(metadata: MetaData, engine: Engine, tables: Sequence[Table] | None = None) -> None:
+    """CREATE TABLE for the tables that are missing. Processes that start together on a new database (the
+    API and its workers) race between checking and creating: the loser's CREATE fails because the winner's
+    table now exists, and checking again finds it."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine, tables=tables)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 class RegistrySchemaError(RuntimeError):
@@ -318,7 +335,7 @@ class Registry:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         self._check_schema()
-        Base.metadata.create_all(self.engine)
+        create_tables(Base.metadata, self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Write transactions take SQLite's write lock when they begin, not at their first write, so that
         # what they read cannot change before they write (on PostgreSQL, FOR UPDATE locks the rows read).

@@ -85,6 +85,11 @@ def server_env(cfg: LLMServerConfig, base: dict[str, str]) -> dict[str, str]:
     """The model server's environment. Its API key goes here (vLLM reads VLLM_API_KEY), never on the
     command line, where `ps` and the start-up log line would show it."""
     env = dict(base, HF_HUB_OFFLINE="1", VLLM_CACHE_ROOT=str(cfg.cache_root))
+    # kb's citation guard (serving/citations.py) bounds each sentence's length, a counted repetition whose
+    # automaton vLLM compiles in 1-4 s on two busy cores, once per number of sources (then cached). vLLM's
+    # 5 s default limit, meant against hostile patterns, then failed the engine; this server listens on
+    # loopback for kb only, whose patterns are its own.
+    env.setdefault("VLLM_REGEX_COMPILATION_TIMEOUT_S", "60")
     env.pop("VLLM_API_KEY", None)
     if cfg.api_key and cfg.api_key != "EMPTY":
         env["VLLM_API_KEY"] = cfg.api_key

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from app.auth.principal import ALL_KBS, Principal
 from app.auth.roles import Role
 from core.names import KB_NAME
+from ingest.registry import create_tables
 
 _PREFIX = "kb_"
 # Writing last_used on every request would make each read a write; once a minute is enough to audit.
@@ -121,7 +122,7 @@ def key_id_of(presented: str) -> str | None:
 
 class KeyStore:
     def __init__(self, engine: Engine) -> None:
-        AppBase.metadata.create_all(engine)
+        create_tables(AppBase.metadata, engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def create(

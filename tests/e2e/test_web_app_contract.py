@@ -149,7 +149,7 @@ def test_refusal_and_degraded_answers_get_badges(servers: Servers, page: Any) ->
         wait_answer(page, 60_000)
     finally:
         servers.state.llm_down = False
-    expect(last_answer(page).locator(".kb-badge-degraded")).to_contain_text("passages only")
+    expect(last_answer(page).locator(".kb-badge-degraded")).to_contain_text("Model unavailable")
     expect(last_answer(page).locator(".kb-card")).to_have_count(2)
     # "New conversation" empties the chat.
     page.locator("#kb-new").click()

@@ -108,11 +108,17 @@ def start_workers(home: Home, n: int, tag: str) -> list[Worker]:
         )  # fmt: skip
         workers.append(Worker(proc, log, handle))
     deadline = time.monotonic() + 300
-    while not all(w.ready() for w in workers):
+    try:
+        while not all(w.ready() for w in workers):
+            for w in workers:
+                assert w.proc.poll() is None, w.log.read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "the workers did not get ready"
+            time.sleep(0.2)
+    except BaseException:
+        # A worker left running would take the next test's files.
         for w in workers:
-            assert w.proc.poll() is None, w.log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() < deadline, "the workers did not get ready"
-        time.sleep(0.2)
+            w.stop()
+        raise
     return workers
 
 

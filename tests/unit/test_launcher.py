@@ -36,6 +36,9 @@ def test_the_model_server_key_goes_by_environment_not_on_the_command_line() -> N
     assert not any("s3cret" in part for part in build_command(cfg, gpu=True))
     assert server_env(cfg, {"PATH": "/bin"})["VLLM_API_KEY"] == "s3cret"
     assert "VLLM_API_KEY" not in server_env(config(api_key="EMPTY"), {"VLLM_API_KEY": "inherited"})
+    # The citation guard's pattern compiles slowly on a busy machine: more than vLLM's 5 s default.
+    assert server_env(cfg, {})["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "60"
+    assert server_env(cfg, {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "9"})["VLLM_REGEX_COMPILATION_TIMEOUT_S"] == "9"
 
 
 def test_device_setting_overrides_detection() -> None:
