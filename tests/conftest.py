@@ -86,9 +86,12 @@ def postgres() -> Iterator[object]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def services() -> Iterator[object]:
-    """PostgreSQL, Redis and a Milvus server URI for the whole session (tests/services.py)."""
+    """PostgreSQL, Redis and a Milvus server URI for one test module (tests/services.py). Not shared by the
+    session: a pymilvus connection left idle by an earlier module gets a GOAWAY ("too many pings") from the
+    milvus-lite server, and pymilvus hands that broken shared connection to the next client of the same
+    URI."""
     from tests.services import running_services
 
     with running_services() as running:
