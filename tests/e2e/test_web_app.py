@@ -332,10 +332,12 @@ def test_twenty_sessions_stream_at_once(stack: WebStack, browser: Any) -> None:
     ui_browser.SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (ui_browser.SCREENSHOTS / "ui-concurrency.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
-    # No session waited for another's whole answer: every first token came before the quickest answer ended.
-    # (The first tokens spread further than in the UI alone, tests/e2e/test_web_app_contract.py: vLLM on
-    # two CPU cores prefills twenty prompts in turn. docs/BENCHMARKS.md has the numbers.)
-    assert ttft[-1] < total[0], report
+    # No session waited for others' whole answers: every first token came before the median answer ended.
+    # Answers run in turn would put the last first token behind nineteen whole answers, far beyond the
+    # median. (Not the quickest answer: one short answer, a refusal say, ends in seconds. The first tokens
+    # spread further than in the UI alone, tests/e2e/test_web_app_contract.py: vLLM on two CPU cores
+    # prefills twenty prompts in turn. docs/BENCHMARKS.md has the numbers.)
+    assert ttft[-1] < statistics.median(total), report
 
 
 def test_with_the_model_server_stopped_answers_are_passages_with_a_badge(stack: WebStack, page: Any) -> None:
