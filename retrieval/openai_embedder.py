@@ -22,7 +22,7 @@ from core.openai_retry import retry_policy
 from core.protocols import EmbedderUnavailable
 from core.text import is_wide
 from core.types import TextKind
-from retrieval.embedder import PROFILES, infer_profile, resolve_model_location
+from retrieval.embedder import PROFILES, ProfileLanguages, infer_profile, resolve_model_location
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def load_token_counter(tokenizer: str, model: str) -> tuple[Callable[[str], int]
     return _TokenizerCounter(loaded), f"tokenizer {model}"
 
 
-class OpenAIEmbedder:
+class OpenAIEmbedder(ProfileLanguages):
     """Reaches its server in the constructor (at start-up): an unreachable server fails there, naming it."""
 
     def __init__(
@@ -131,15 +131,8 @@ class OpenAIEmbedder:
         return self._dimension
 
     @property
-    def languages(self) -> frozenset[str]:
-        return self.profile.languages
-
-    @property
     def max_seq_length(self) -> int:
         return self._max_seq_length
-
-    def understands(self, language: str) -> bool:
-        return self.profile.understands(language)
 
     def embed(self, texts: Sequence[str], kind: TextKind) -> list[list[float]]:
         if not texts:
