@@ -103,6 +103,8 @@ class QueryPipeline:
             if self._hidden_versions is not None:
                 flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
             hits = self._store.search(kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt)
+            if self._hidden_versions is not None:
+                hits = one_version_per_document(hits, set(self._hidden_versions(kb)))
         reranked = False
         if rerank and self._reranker is not None and hits:
             try:
@@ -157,3 +159,19 @@ class QueryPipeline:
             question=question, language=found.language, mode=found.mode, hits=hits, sources=sources,
             timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,
         )  # fmt: skip
+
+
+def one_version_per_document(hits: list[ScoredChunk], hidden_now: set[tuple[str, int]]) -> list[ScoredChunk]:
+    """Hits of a document in two versions are settled by a second read of the registry, taken after the search.
+
+    The hidden versions the store filtered by were read before the search ran; a version begun or published
+    in between can reach the hits beside the one it replaces. Of such a document, the versions hidden now
+    are dropped (the one still being written, or the one just replaced). A document found in one version only
+    keeps it, even if it was replaced meanwhile: that is what the purge grace period is for."""
+    versions: dict[str, set[int]] = {}
+    for hit in hits:
+        versions.setdefault(hit.chunk.doc_id, set()).add(hit.chunk.version)
+    mixed = {doc_id for doc_id, seen in versions.items() if len(seen) > 1}
+    if not mixed:
+        return hits
+    return [h for h in hits if h.chunk.doc_id not in mixed or (h.chunk.doc_id, h.chunk.version) not in hidden_now]
