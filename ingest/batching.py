@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from core.protocols import Embedder, VectorStore
+from core.text import detect_language
 from core.types import Chunk
 
 
@@ -119,9 +120,16 @@ class Batcher:
         batch, self._pending = self._pending[: self._size], self._pending[self._size :]
         if not batch:
             return self._settle()
+        texts = [c.text for _, c in batch]
+        # The language of the very text embedded: where languages go to different models it names the
+        # vector space, and must agree with how the embedder routed that text.
+        batch = [
+            (k, c.model_copy(update={"language": detect_language(text)}))
+            for (k, c), text in zip(batch, texts, strict=True)
+        ]
         t = time.perf_counter()
         try:
-            vectors = self._embedder.embed([c.text for _, c in batch], "passage")
+            vectors = self._embedder.embed(texts, "passage")
         except Exception as exc:  # noqa: BLE001 - the files in this batch fail and are rolled back; others go on
             return self._fail(_unique(k for k, _ in batch), exc)
         embed_s = time.perf_counter() - t

@@ -4,7 +4,7 @@ assemble the context."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.protocols import Embedder, Reranker, RerankerUnavailable, VectorStore
@@ -58,6 +58,8 @@ class QueryPipeline:
         thresholds: RelevanceThresholds | None = None,
         count_tokens: Callable[[str], int] | None = None,
         hidden_versions: Callable[[str], Sequence[tuple[str, int]]] | None = None,
+        language_thresholds: Mapping[str, RelevanceThresholds] | None = None,
+        dense_by_language: bool = False,
     ) -> None:
         # Asked per query: which (doc_id, version) pairs are mid-switch and must not be seen.
         self._hidden_versions = hidden_versions
@@ -71,9 +73,18 @@ class QueryPipeline:
         # Settings asked for reranking but no model could be loaded: every answer says so.
         self._rerank_missing = rerank_wanted and reranker is None
         self._thresholds = thresholds or RelevanceThresholds.off()
+        # Cosines have a scale per model and per language: thresholds calibrated per question language.
+        self._language_thresholds = dict(language_thresholds or {})
+        # Each language's chunks are embedded by its own model (retrieval/routed_embedder.py): a query's
+        # vector is only comparable with its own language's chunks.
+        self._dense_by_language = dense_by_language
         # The budget is in the generator's tokens; the embedder's tokenizer undercounts Chinese for
         # most LLMs (one [UNK] per character against two or three byte-level tokens).
         self._count_tokens = count_tokens or embedder.count_tokens
+
+    def thresholds_for(self, language: str) -> RelevanceThresholds:
+        """The refusal thresholds that apply to a question in `language`."""
+        return self._language_thresholds.get(language, self._thresholds)
 
     @property
     def has_reranker(self) -> bool:
@@ -102,6 +113,8 @@ class QueryPipeline:
         with stage(timings, "search"):
             if self._hidden_versions is not None:
                 flt = flt.model_copy(update={"hidden_versions": list(self._hidden_versions(kb))})
+            if self._dense_by_language:
+                flt = flt.model_copy(update={"dense_language": language})
             hits = self._store.search(kb, question, vector, mode=effective, limit=max(limit, self._candidates), flt=flt)
             if self._hidden_versions is not None:
                 hits = one_version_per_document(hits, set(self._hidden_versions(kb)))
@@ -130,7 +143,11 @@ class QueryPipeline:
         if found.vector is not None:
             if found.mode == "dense":
                 return Relevance("cosine", max(h.score for h in hits))
-            return Relevance("cosine", self._store.best_cosine(kb, found.vector, [h.chunk.chunk_id for h in hits]))
+            comparable = [h for h in hits if not self._dense_by_language or h.chunk.language == found.language]
+            if comparable:
+                ids = [h.chunk.chunk_id for h in comparable]
+                return Relevance("cosine", self._store.best_cosine(kb, found.vector, ids))
+            # Only the other language's chunks, found by their words: no cosine means anything here.
         return Relevance("lexical", lexical_coverage(question, [h.chunk.text for h in hits]))
 
     def search(
@@ -143,10 +160,11 @@ class QueryPipeline:
         hits = found.hits[:top_k]
         with stage(timings, "relevance"):
             relevance = self.relevance(kb, question, found, top_k)
-        no_relevant = bool(hits) and relevance.below(self._thresholds.of(relevance.kind))
-        if hits and not no_relevant and relevance.kind == "cosine" and self._thresholds.cosine_lexical > 0:
+        thresholds = self.thresholds_for(found.language)
+        no_relevant = bool(hits) and relevance.below(thresholds.of(relevance.kind))
+        if hits and not no_relevant and relevance.kind == "cosine" and thresholds.cosine_lexical > 0:
             coverage = lexical_coverage(question, [h.chunk.text for h in hits])
-            no_relevant = coverage is None or coverage < self._thresholds.cosine_lexical
+            no_relevant = coverage is None or coverage < thresholds.cosine_lexical
         if no_relevant:
             log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
         with stage(timings, "context"):

