@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from app.container import Container
 from app.settings import Settings
+from ingest.jobs import JobClaimRow
 from ingest.procrastinate_engine import READY, TASK
 from tests.integration.test_worker_processes import (
     FILES,
@@ -161,10 +162,18 @@ def test_a_kill_9_of_one_procrastinate_worker_mid_job_loses_nothing(home: Home, 
     assert view is not None
     assert {i.worker for i in view.items} <= {victim.name, survivor.name}
     assert any(i.worker == victim.name for i in view.items)
+    # The victim's claim was taken back (fenced out: its late writes are refused) by the survivor's sweep.
+    with c.registry.session() as session:
+        lost = session.scalars(
+            select(JobClaimRow.token).where(
+                JobClaimRow.job_id == job_id, JobClaimRow.worker == victim.name, JobClaimRow.state == "lost"
+            )
+        ).all()
+    assert len(lost) == 1
+    # What the victim had under way (if it had begun a version) was rolled back and redone by the survivor.
     interrupted = [v for i in view.items for v in c.registry.versions("killed", i.doc_id) if v.status == "interrupted"]
-    assert interrupted  # the file the victim had under way was rolled back ...
     for v in interrupted:
         item = next(i for i in view.items if i.doc_id == v.doc_id)
-        assert item.worker == survivor.name and item.version > v.version  # ... and redone by the survivor
+        assert item.worker == survivor.name and item.version > v.version
     # The victim's delivery never finished: it stays "doing" until procrastinate's stall detection retries it.
     assert deliveries(c, job_id).get("failed", 0) == 0
