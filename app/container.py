@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.answering import AnswerService
 from app.audit import AuditLog
@@ -45,6 +46,10 @@ from retrieval.store import MilvusStore
 from serving.generator import OpenAIGenerator
 from serving.prompts import PromptBook
 from serving.support import SupportScorer
+
+if TYPE_CHECKING:
+    # Imported when the procrastinate engine is chosen: the embedded default does not load it.
+    from ingest.procrastinate_engine import Deliveries, ProcrastinateWorker
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +188,29 @@ class Container:
         # Queueing, following and deleting need only the database; a worker does the rest.
         return DocumentService(
             registry=self.registry, jobs=self.jobs, default_groups=self.settings.security.default_groups,
-            files=self.files,
+            files=self.files, deliver=self.deliveries,
+        )  # fmt: skip
+
+    @cached_property
+    def deliveries(self) -> Deliveries | None:
+        """The task engine's deferring side (None: the embedded engine's workers claim from the tables)."""
+        if self.settings.ingest.engine != "procrastinate":
+            return None
+        from ingest.procrastinate_engine import Deliveries, apply_schema
+
+        # Before the first defer: a site's first start creates procrastinate's tables (idempotent).
+        apply_schema(self.settings.database_url)
+        return Deliveries(self.registry, claim_files=self.settings.ingest.claim_files)
+
+    def procrastinate_worker(self) -> ProcrastinateWorker:
+        from ingest.procrastinate_engine import ProcrastinateWorker
+
+        deliveries = self.deliveries
+        assert deliveries is not None, "KB_INGEST__ENGINE is not procrastinate"
+        i = self.settings.ingest
+        return ProcrastinateWorker(
+            worker=self.worker(), jobs=self.jobs, registry=self.registry, deliveries=deliveries,
+            claim_files=i.claim_files, concurrency=i.worker_concurrency, stale_after_s=i.job_stale_after_s,
         )  # fmt: skip
 
     @cached_property

@@ -193,6 +193,13 @@ class IngestSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1_000_000)
     # `kb serve` / `kb up` run a job worker inside the API process.
     worker_in_api: bool = True
+    # Who delivers the work to workers: "embedded" (kb's own claim loop on the registry's database, no
+    # extra service) or "procrastinate" (the procrastinate task engine on the registry's PostgreSQL:
+    # LISTEN/NOTIFY instead of polling, its worker heartbeats find dead workers). kb's per-file claims
+    # and fencing tokens guard every write either way (ingest/procrastinate_engine.py).
+    engine: Literal["embedded", "procrastinate"] = "embedded"
+    # Deliveries one `kb worker` on procrastinate runs at once (each in a thread of its own).
+    worker_concurrency: int = Field(1, ge=1, le=64)
 
 
 class RetrievalSettings(BaseModel):
@@ -338,6 +345,17 @@ class Settings(BaseSettings):
         """Per question language, the refusal thresholds: those set, else the ones calibrated for the model
         that embeds that language's questions (`models`: language → model name)."""
         return {language: self.retrieval.min_relevance.for_model(model, language) for language, model in models.items()}
+
+    @model_validator(mode="after")
+    def _engine_on_postgres(self) -> Settings:
+        # procrastinate keeps its queue in PostgreSQL tables and wakes workers with LISTEN/NOTIFY: it has
+        # nothing to run on with the registry on SQLite.
+        if self.ingest.engine == "procrastinate" and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "KB_INGEST__ENGINE=procrastinate needs the registry on PostgreSQL "
+                "(KB_DATABASE__URL=postgresql+psycopg://...); the embedded engine runs on SQLite"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:

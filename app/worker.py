@@ -4,7 +4,8 @@
   if it dies (and tells /readyz whether it is up);
 - `kb worker` (alias `kb jobs work`) and `kb ingest --wait` (when no worker is alive) run it in the CLI's
   own process; any number of `kb worker` processes, on any number of machines, share the queue file by
-  file (ingest/jobs.py);
+  file (ingest/jobs.py). With KB_INGEST__ENGINE=procrastinate each runs a procrastinate worker instead of
+  kb's polling loop (ingest/procrastinate_engine.py);
 - `kb ingest` and `kb docs delete` (when no worker is alive) start `python -m app.worker --until-idle`
   detached, so that the job still completes, and retired chunks are still purged, after the CLI exits.
   It logs to $KB_HOME/logs/worker.log.
@@ -47,11 +48,17 @@ def run_worker(container: Container, stop: threading.Event | None = None, *, unt
     name = worker_name()
     container.jobs.worker_beat(name)
     try:
-        worker = container.worker()
+        if container.settings.ingest.engine != "procrastinate":
+            worker = container.worker()
+            return worker.run(stop, until_idle=until_idle)
+        engine = container.procrastinate_worker()
     except BaseException:
         container.jobs.worker_gone(name)
         raise
-    return worker.run(stop, until_idle=until_idle)
+    # procrastinate's own signal handling (SIGTERM: finish the deliveries under way, then leave) where it
+    # can have it: in a `kb worker` process, not in the API's worker thread.
+    main_thread = threading.current_thread() is threading.main_thread()
+    return engine.run(stop, until_idle=until_idle, signal_handlers=main_thread)
 
 
 class WorkerSupervisor:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from core.names import KB_NAME
 from ingest.errors import LoadError
@@ -85,10 +87,13 @@ class DocumentInfo:
 
 class DocumentService:
     def __init__(
-        self, *, registry: Registry, jobs: JobStore, default_groups: Sequence[str] = (), files: FileStore | None = None
-    ) -> None:
+        self, *, registry: Registry, jobs: JobStore, default_groups: Sequence[str] = (), files: FileStore | None = None,
+        deliver: Callable[[Session, str, int], None] | None = None,
+    ) -> None:  # fmt: skip
         self._registry = registry
         self._jobs = jobs
+        # A task engine's hook: hands a new job's files to its workers, in the transaction that queues it.
+        self._deliver = deliver
         # Where the bytes of files in the uploads folder are kept before a worker removes that folder.
         self._files = files
         # The groups a knowledge base first named by an ingest gets for its documents (settings).
@@ -141,7 +146,7 @@ class DocumentService:
                     origin=origin, replace=doc_id is not None,
                 )
             )  # fmt: skip
-        return self._jobs.create(kb, files, acl_groups=groups, tags=labels, job_id=job_id)
+        return self._jobs.create(kb, files, acl_groups=groups, tags=labels, job_id=job_id, then=self._deliver)
 
     def cancel_job(self, job_id: str) -> str | None:
         """Cancel a job (see JobStore.cancel): its state now, or None when there is no such job."""

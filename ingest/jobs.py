@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -127,8 +128,10 @@ class JobStore:
 
     def create(
         self, kb: str, files: list[JobFile], *, acl_groups: list[str] | None, tags: list[str] | None,
-        job_id: str | None = None,
+        job_id: str | None = None, then: Callable[[Session, str, int], None] | None = None,
     ) -> str:  # fmt: skip
+        """Queue a job of `files`; its id. `then(session, job_id, files_to_do)` runs in the same transaction
+        (a task engine defers the job's deliveries there: both are committed, or neither)."""
         job_id = job_id or self.new_id()
         with self._registry.session() as session:
             failed = [f for f in files if f.error]
@@ -145,6 +148,9 @@ class JobStore:
                     JobItemRow(job_id=job_id, ordinal=i, path=f.path, doc_id=f.doc_id, status=status,
                                error=f.error, error_code=f.error_code, origin=f.origin, replace=f.replace)
                 )  # fmt: skip
+            if then is not None:
+                session.flush()
+                then(session, job_id, len(files) - len(failed))
         return job_id
 
     def get(self, job_id: str) -> JobView | None:
@@ -165,6 +171,22 @@ class JobStore:
         with self._registry.session() as session:
             state = session.scalar(select(JobRow.state).where(JobRow.job_id == job_id))
         return state is None or state in FINISHED_STATES
+
+    def unclaimed(self) -> list[str]:
+        """Open jobs, oldest first, with files no claim holds (nothing is working on them now)."""
+        with self._registry.session() as session:
+            return list(
+                session.scalars(
+                    select(JobRow.job_id)
+                    .where(JobRow.state.in_(_OPEN), JobRow.cancel_requested.is_(False))
+                    .where(
+                        select(JobItemRow.ordinal)
+                        .where(JobItemRow.job_id == JobRow.job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
+                        .exists()
+                    )
+                    .order_by(JobRow.created_at)
+                )
+            )
 
     # -- claims -----------------------------------------------------------------------------------
     def claim(self, worker: str, *, job_id: str | None = None, files: int | None = None) -> Lease | None:

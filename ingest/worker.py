@@ -140,6 +140,21 @@ class JobWorker:
         if self._jobs.finished(lease.job_id):
             shutil.rmtree(self.uploads_dir / lease.job_id, ignore_errors=True)
 
+    def run_delivery(self, job_id: str, *, files: int) -> bool:
+        """One delivery of a task engine: claim the next `files` unclaimed files of the job and run them
+        (the same claim, heartbeat and fencing as `run_job`, but one claim only: the engine delivers the
+        next batch). False when nothing was left to claim (other deliveries took it, or it is closed)."""
+        lease = self._jobs.claim(self.name, job_id=job_id, files=files)
+        if lease is None:
+            return False
+        view = self._jobs.get(job_id)
+        assert view is not None
+        with tracer.start_as_current_span("ingest job", attributes={"kb.job_id": job_id, "kb.kb": view.job.kb}):
+            self._run_claim(lease, kb=view.job.kb, acl_groups=view.job.acl_groups, tags=view.job.tags)
+        if self._jobs.finished(job_id):
+            shutil.rmtree(self.uploads_dir / job_id, ignore_errors=True)
+        return True
+
     def _run_claim(self, lease: Lease, *, kb: str, acl_groups: list[str] | None, tags: list[str] | None) -> bool:
         """Run the files of one claim and release it; False when the claim was lost."""
         signals = _Signals()

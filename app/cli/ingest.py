@@ -201,19 +201,31 @@ def jobs_work(until_idle: Annotated[bool, _UNTIL_IDLE] = False) -> None:
     _work(until_idle)
 
 
+_CONCURRENCY = typer.Option(
+    "--concurrency", min=1, max=64,
+    help="Deliveries run at once (KB_INGEST__ENGINE=procrastinate; default KB_INGEST__WORKER_CONCURRENCY).",
+)  # fmt: skip
+
+
 @cli.command("worker")
-def worker(until_idle: Annotated[bool, _UNTIL_IDLE] = False) -> None:
+def worker(
+    until_idle: Annotated[bool, _UNTIL_IDLE] = False,
+    concurrency: Annotated[Optional[int], _CONCURRENCY] = None,  # noqa: UP045
+) -> None:
     """Run an ingestion worker. Any number can run, on any number of machines, against the same database,
     Milvus and uploads folder: they share the queue file by file (a big job is spread over all of them),
-    and a worker that dies (even kill -9) has its files taken over by the others."""
-    _work(until_idle)
+    and a worker that dies (even kill -9) has its files taken over by the others. With
+    KB_INGEST__ENGINE=procrastinate it is a procrastinate worker on the registry's PostgreSQL."""
+    _work(until_idle, concurrency)
 
 
-def _work(until_idle: bool) -> None:
+def _work(until_idle: bool, concurrency: int | None = None) -> None:
     from app.logs import configure_logging
     from app.worker import run_worker
 
     settings = load_settings()
+    if concurrency is not None:
+        settings.ingest.worker_concurrency = concurrency
     configure_logging(settings.log_level)
     stop = threading.Event()
     try:

@@ -198,6 +198,7 @@ def test_kb_environment_names_real_settings(monkeypatch: pytest.MonkeyPatch, tmp
     assert s.embedding.base_url == "http://embed:80/v1"
     assert s.embedding.model == s.embedding.tokenizer == env["EMBEDDING_MODEL"]
     assert s.ingest.worker_in_api is False
+    assert s.ingest.engine == "procrastinate"
     assert s.api.metrics_public is True
     assert s.home == Path("/var/lib/kb")
 
@@ -208,7 +209,7 @@ def test_the_api_is_published_only_through_the_proxy() -> None:
     assert "ports" not in api and "ports" not in worker
     assert int(interpolate(str(api["deploy"]["replicas"]), filled_env())) >= 2
     assert api["command"] == ["kb", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert worker["command"] == ["kb", "jobs", "work"]
+    assert worker["command"] == ["kb", "worker"]
     # Every published port names its host address: nothing listens on all interfaces by accident.
     for name, service in all_services.items():
         for port in service.get("ports", []):

@@ -92,7 +92,7 @@ def test_probes() -> None:
     assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in api["ports"]
     assert api["command"] == ["kb", "serve", "--host", "0.0.0.0", "--port", "8000"]
     worker = container(one(docs, "Deployment", "kb-worker"))
-    assert worker["command"] == ["kb", "jobs", "work"]
+    assert worker["command"] == ["kb", "worker"]
     check = worker["livenessProbe"]["exec"]["command"]
     assert check[:2] == ["python", "-c"] and "live_workers()" in check[2]
     compile(check[2], "<worker liveness>", "exec")
@@ -164,6 +164,7 @@ def test_environment_is_real_settings(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert s.llm.max_model_len == 8192
     assert s.embedding.base_url == "http://tei.embeddings.svc.cluster.local/v1"
     assert s.ingest.worker_in_api is False
+    assert s.ingest.engine == "procrastinate"
     assert s.api.metrics_public is False
     assert s.retrieval.top_k == 7
     assert s.home == Path("/var/lib/kb")
