@@ -244,6 +244,20 @@ def test_the_audit_endpoint_filters_and_pages(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
 
 
+def test_text_with_a_nul_is_stored_alike_on_either_database(api: Api) -> None:
+    # PostgreSQL's text cannot hold NUL (these were 500s there); both databases store U+FFFD in its place.
+    root = api.as_(api.root)
+    made = api.client.post("/admin/kbs", json={"name": "nul", "description": "before\x00after"}, headers=root)
+    assert made.status_code == 201, made.text
+    assert made.json()["description"] == "before\ufffdafter"
+    changed = api.client.patch("/admin/kbs/nul", json={"description": "\x00changed"}, headers=root)
+    assert changed.status_code == 200 and changed.json()["description"] == "\ufffdchanged", changed.text
+    listed = api.client.get("/admin/kbs", headers=root).json()
+    assert [kb["description"] for kb in listed if kb["name"] == "nul"] == ["\ufffdchanged"]
+    nobody = api.client.get("/admin/audit", params={"actor": "ro\x00ot"}, headers=root)
+    assert nobody.status_code == 200 and nobody.json()["total"] == 0
+
+
 def test_questions_are_stored_as_hashes_when_configured(make_api: MakeApi) -> None:
     # A question refused for a sensitive term never reaches retrieval: the audit row is all there is.
     api = make_api(audit_questions="hash", sensitive_terms=["Project Falcon"])
