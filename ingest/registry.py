@@ -334,6 +334,7 @@ class Registry:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
+        event.listen(self.engine, "before_cursor_execute", _nul_replaced, retval=True)
         self._check_schema()
         create_tables(Base.metadata, self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -584,6 +585,9 @@ class Registry:
                 row.description = description
             if default_groups is not None:
                 row.default_groups = list(default_groups)
+            # What was stored, which is not always what was given (a NUL is stored as U+FFFD).
+            session.flush()
+            session.refresh(row)
             return KnowledgeBase.of(row)
 
     def delete_knowledge_base(self, name: str) -> bool:
@@ -791,6 +795,44 @@ def as_utc(moment: datetime) -> datetime:
 
 def _shown(origin: str) -> str:
     return origin.removeprefix("upload:") if origin.startswith("upload:") else origin
+
+
+# PostgreSQL's text cannot hold NUL: a question, description or name with one failed there (a 500, or a
+# lost answer record) while SQLite kept it. Every string bound on this engine (the registry, jobs, keys,
+# audit, feedback) has U+FFFD in its place instead, on either database, so that both keep the same text
+# and a lookup of a name with NUL finds nothing on both rather than failing on one.
+_NUL, _REPLACEMENT = "\x00", "\ufffd"
+
+
+def _without_nul(value: object) -> object:
+    return value.replace(_NUL, _REPLACEMENT) if isinstance(value, str) and _NUL in value else value
+
+
+def _row_without_nul(row: object) -> object:
+    if isinstance(row, dict):
+        return {k: _without_nul(v) for k, v in row.items()}
+    if isinstance(row, (list, tuple)):
+        return type(row)(_without_nul(v) for v in row)
+    return row
+
+
+def _has_nul(parameters: object) -> bool:
+    if isinstance(parameters, dict):
+        return any(isinstance(v, str) and _NUL in v for v in parameters.values())
+    if isinstance(parameters, (list, tuple)):
+        return any(_has_nul(v) if isinstance(v, (dict, list, tuple)) else isinstance(v, str) and _NUL in v
+                   for v in parameters)  # fmt: skip
+    return False
+
+
+def _nul_replaced(
+    _conn: Connection, _cursor: object, statement: str, parameters: object, _context: object, executemany: bool
+) -> tuple[str, object]:
+    if not _has_nul(parameters):
+        return statement, parameters
+    if executemany and isinstance(parameters, (list, tuple)):
+        return statement, type(parameters)(_row_without_nul(row) for row in parameters)
+    return statement, _row_without_nul(parameters)
 
 
 def _sqlite_pragmas(connection: object, _record: object) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from app.settings import Settings
 from core.procs import free_port, port_open
 from retrieval.milvus_connect import LiteLayout, running_lite_uri, start_lite_server
 from tests.conftest import running_in_ci
@@ -114,3 +115,16 @@ def backend_settings(request: pytest.FixtureRequest, backend: str, base: Mapping
         return dict(base)
     services: Services = request.getfixturevalue("services")
     return merged(base, services.overrides())
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The KB_ variables that put a CLI command or another process on `settings`' home and backends."""
+    env = {"KB_HOME": str(settings.home)}
+    if url := settings.database.url.get_secret_value():
+        env["KB_DATABASE__URL"] = url
+    if url := settings.redis.url.get_secret_value():
+        env["KB_REDIS__URL"] = url
+    if settings.milvus.uri:
+        env["KB_MILVUS__URI"] = settings.milvus.uri
+        env["KB_MILVUS__COLLECTION_PREFIX"] = settings.milvus.collection_prefix
+    return env

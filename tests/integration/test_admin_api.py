@@ -1,5 +1,5 @@
 """/admin/keys, /admin/audit, request ids, the access log, per-key IP allow-lists and `kb audit`, on a real
-SQLite database (none of these touch Milvus or a model)."""
+SQLite database and again on PostgreSQL with Redis (none of these touch Milvus or a model)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from app.logs import JSONFormatter
 from app.main import create_app
 from app.settings import Settings
 from core.procs import free_port, port_open
+from tests.services import BACKENDS, backend_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +50,33 @@ class Api:
         return self.container.audit.query(**filters)
 
 
-def make_api(home: Path, **security: Any) -> Api:
-    settings = Settings.model_validate({"home": home, "api": {"ui_enabled": False}, "security": security})
-    container = Container(settings)
-    app = create_app(settings, container)
-    root = container.keys.create(name="root", role=Role.admin, kbs=["*"]).secret
-    return Api(app, TestClient(app, raise_server_exceptions=False), container, root)
+MakeApi = Callable[..., Api]
+
+
+# Every test runs on the embedded default and again on PostgreSQL and Redis (a fresh database per test).
+@pytest.fixture(params=BACKENDS)
+def make_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeApi]:
+    made: list[Container] = []
+
+    def make(**security: Any) -> Api:
+        home = tmp_path / "var"
+        base = {"home": home, "api": {"ui_enabled": False}, "security": security}
+        settings = Settings.model_validate(backend_settings(request, request.param, base))
+        container = Container(settings)
+        made.append(container)
+        app = create_app(settings, container)
+        root = container.keys.create(name="root", role=Role.admin, kbs=["*"]).secret
+        return Api(app, TestClient(app, raise_server_exceptions=False), container, root)
+
+    yield make
+    for container in made:
+        # A PostgreSQL connection pool per test would otherwise outlive it.
+        container.registry.engine.dispose()
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Api:
-    return make_api(tmp_path / "var")
+def api(make_api: MakeApi) -> Api:
+    return make_api()
 
 
 def create(api: Api, status: int = 201, **body: Any) -> dict[str, Any]:
@@ -227,9 +244,23 @@ def test_the_audit_endpoint_filters_and_pages(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
 
 
-def test_questions_are_stored_as_hashes_when_configured(tmp_path: Path) -> None:
+def test_text_with_a_nul_is_stored_alike_on_either_database(api: Api) -> None:
+    # PostgreSQL's text cannot hold NUL (these were 500s there); both databases store U+FFFD in its place.
+    root = api.as_(api.root)
+    made = api.client.post("/admin/kbs", json={"name": "nul", "description": "before\x00after"}, headers=root)
+    assert made.status_code == 201, made.text
+    assert made.json()["description"] == "before\ufffdafter"
+    changed = api.client.patch("/admin/kbs/nul", json={"description": "\x00changed"}, headers=root)
+    assert changed.status_code == 200 and changed.json()["description"] == "\ufffdchanged", changed.text
+    listed = api.client.get("/admin/kbs", headers=root).json()
+    assert [kb["description"] for kb in listed if kb["name"] == "nul"] == ["\ufffdchanged"]
+    nobody = api.client.get("/admin/audit", params={"actor": "ro\x00ot"}, headers=root)
+    assert nobody.status_code == 200 and nobody.json()["total"] == 0
+
+
+def test_questions_are_stored_as_hashes_when_configured(make_api: MakeApi) -> None:
     # A question refused for a sensitive term never reaches retrieval: the audit row is all there is.
-    api = make_api(tmp_path / "var", audit_questions="hash", sensitive_terms=["Project Falcon"])
+    api = make_api(audit_questions="hash", sensitive_terms=["Project Falcon"])
     staff = create(api, name="staff", role="employee", groups=["a"])["key"]
     question = "What is the budget of project falcon?"
     for path, body in (("/ask", {"question": question}), ("/search", {"query": question})):
@@ -245,10 +276,10 @@ def test_questions_are_stored_as_hashes_when_configured(tmp_path: Path) -> None:
         assert "falcon" not in json.dumps(row.as_dict()).lower()
 
 
-def test_sensitive_terms_file_is_read(tmp_path: Path) -> None:
+def test_sensitive_terms_file_is_read(make_api: MakeApi, tmp_path: Path) -> None:
     terms = tmp_path / "terms.txt"
     terms.write_text("# codenames\n\nOrion\n", encoding="utf-8")
-    api = make_api(tmp_path / "var", sensitive_terms_file=str(terms))
+    api = make_api(sensitive_terms_file=str(terms))
     staff = create(api, name="staff", role="employee")["key"]
     response = api.client.post("/search", json={"query": "orion launch date"}, headers=api.as_(staff))
     assert response.status_code == 400 and response.json()["error"]["code"] == "sensitive_term"
@@ -261,9 +292,8 @@ def test_sensitive_terms_file_is_read(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Api]]:
+def server(api: Api) -> Iterator[tuple[str, Api]]:
     """The app behind a real uvicorn server on 127.0.0.1, so requests come from a real client address."""
-    api = make_api(tmp_path / "var")
     port = free_port()
     config = uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False)
     running = uvicorn.Server(config)
@@ -281,7 +311,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Api]]:
 def test_a_key_is_refused_outside_its_networks(server: tuple[str, Api], monkeypatch: pytest.MonkeyPatch) -> None:
     url, api = server
     # One key made with `kb keys create --allow-ip`, one with POST /admin/keys.
-    monkeypatch.setenv("KB_HOME", str(api.container.settings.home))
+    for name, value in settings_env(api.container.settings).items():
+        monkeypatch.setenv(name, value)
     made = CliRunner().invoke(
         cli,
         ["keys", "create", "--name", "office", "--role", "admin", "--kb", "*", "--allow-ip", "10.0.0.0/8", "--json"],
@@ -303,8 +334,9 @@ def test_a_key_is_refused_outside_its_networks(server: tuple[str, Api], monkeypa
     assert made_row.target == "office" and made_row.detail["cidrs"] == ["10.0.0.0/8"]
 
 
-def test_kb_audit_prints_the_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KB_HOME", str(tmp_path / "var"))
+def test_kb_audit_prints_the_rows(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in settings_env(api.container.settings).items():
+        monkeypatch.setenv(name, value)
     runner = CliRunner()
     for args in (
         ["keys", "create", "--name", "bot", "--role", "service"],

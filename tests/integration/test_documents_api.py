@@ -390,6 +390,21 @@ def test_feedback_on_an_answer(server: Server, uploaded: dict[str, Any]) -> None
     assert metrics.labels("down")._value.get() >= 1 and metrics.labels("up")._value.get() >= 1
 
 
+def test_a_nul_in_a_question_or_a_name_is_no_server_error(server: Server, uploaded: dict[str, Any]) -> None:
+    # PostgreSQL's text cannot hold NUL: the answer to such a question was given but not kept (no feedback
+    # possible), and looking up a job or document named with one was a 500. Both databases now store U+FFFD.
+    with server.client(EMPLOYEE_A) as employee:
+        answer = employee.post("/ask", json={"question": "canteen\x00 heron2?", "kb": "default"}).json()
+        r = employee.post("/feedback", json={"answer_id": answer["answer_id"], "rating": "up"})
+        assert r.status_code == 201, r.text
+    with server.client(ADMIN) as admin:
+        for path in ("/jobs/ab%00c", "/documents/no%00such.md"):
+            missing = admin.get(path, params={"kb": "default"})
+            assert missing.status_code == 404, (path, missing.text)
+        [row] = admin.get("/admin/feedback", params={"rating": "up"}).json()["items"][-1:]
+        assert row["question"] == "canteen\ufffd heron2?"
+
+
 def test_a_file_ingested_from_a_folder_is_served_until_it_is_removed(
     server: Server, tmp_path: Path, uploaded: dict[str, Any]
 ) -> None:
