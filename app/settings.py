@@ -187,6 +187,12 @@ class IngestSettings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1_000_000)
     # `kb serve` / `kb up` run a job worker inside the API process.
     worker_in_api: bool = True
+    # Contextual chunk headers (core/chunk_context.py): each chunk is matched with its document's title and
+    # heading path in front of its text, in the dense vector and/or in BM25; answers and citations show
+    # the text alone. Changing either applies to documents ingested afterwards (or `kb reindex`, vectors).
+    # Defaults: what `kb eval retrieval` (SciFact) and `kb eval qa` (XQuAD) support (docs/BENCHMARKS.md).
+    header_in_vectors: bool = False
+    header_in_bm25: bool = False
 
 
 class RetrievalSettings(BaseModel):
@@ -199,6 +205,10 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(0.3, ge=0.0, le=1.0)
     rrf_k: int = Field(60, ge=1)
     context_tokens: int = Field(1000, ge=64, description="token budget for sources in the prompt")
+    # Small-to-big: each hit given to the model grows by up to this many neighbouring chunks on each side,
+    # of its own section and page, within `context_tokens` (retrieval/context.py); 0 turns it off.
+    # Default: what `kb eval qa` (answer in context, XQuAD) supports (docs/BENCHMARKS.md).
+    expand_chunks: int = Field(0, ge=0, le=8)
     min_relevance: RelevanceThresholds = RelevanceThresholds()
     # Rewrite a follow-up question with its history into a standalone query (LLM, with a fallback).
     condense: bool = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -67,8 +67,12 @@ class _Inflight:
 
 
 class Batcher:
-    def __init__(self, embedder: Embedder, store: VectorStore, kb: str, *, batch_size: int) -> None:
+    def __init__(
+        self, embedder: Embedder, store: VectorStore, kb: str, *, batch_size: int,
+        text_of: Callable[[Chunk], str] = lambda c: c.text,
+    ) -> None:  # fmt: skip
         self._embedder = embedder
+        self._text_of = text_of  # what is embedded of a chunk
         self._store = store
         self._kb = kb
         self._size = batch_size
@@ -121,7 +125,7 @@ class Batcher:
             return self._settle()
         t = time.perf_counter()
         try:
-            vectors = self._embedder.embed([c.text for _, c in batch], "passage")
+            vectors = self._embedder.embed([self._text_of(c) for _, c in batch], "passage")
         except Exception as exc:  # noqa: BLE001 - the files in this batch fail and are rolled back; others go on
             return self._fail(_unique(k for k, _ in batch), exc)
         embed_s = time.perf_counter() - t
