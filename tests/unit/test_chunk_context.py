@@ -122,3 +122,27 @@ def test_the_overlap_two_chunks_share_is_read_once() -> None:
     after = "Leave\nUnused days lapse at the end of March. Part-timers get a share."
     assert continuation(before, after, "Leave") == "Part-timers get a share."
     assert continuation("Something else entirely here.", after, "Leave") == after
+
+
+def test_the_query_pipeline_expands_hits_with_neighbours_the_caller_may_read() -> None:
+    from core.types import Access, SearchFilter
+    from retrieval.pipeline import QueryPipeline
+    from tests.fakes import FakeEmbedder, FakeVectorStore
+
+    embedder = FakeEmbedder()
+    store = FakeVectorStore(dimension=embedder.dimension)
+    chunks = [d.model_copy(update={"acl_groups": ["staff"]}) for d in DOC]
+    store.upsert("default", chunks, embedder.embed([c.text for c in chunks], "passage"))
+    staff = SearchFilter(access=Access.groups(["staff"]))
+    expanded = QueryPipeline(embedder=embedder, store=store, candidates=5, expand_chunks=1)
+    r = expanded.search("lapse March", flt=staff, top_k=1, mode="bm25")
+    assert [h.chunk.ordinal for h in r.hits] == [2]
+    assert r.sources[0].text == "Leave\nStaff get 20 days.\nUnused days lapse in March.\nPart-timers get a share."
+    assert r.sources[0].citation().chunk_id == DOC[2].chunk_id
+    plain = QueryPipeline(embedder=embedder, store=store, candidates=5)
+    assert plain.search("lapse March", flt=staff, top_k=1, mode="bm25").sources[0].text == DOC[2].text
+    # A neighbour the caller may not read stays out, whatever the hit's own groups.
+    store.update_access("default", "d.md", 1, ["board"], [])
+    store.upsert("default", [chunks[2]], embedder.embed([chunks[2].text], "passage"))
+    r = expanded.search("lapse March", flt=staff, top_k=1, mode="bm25")
+    assert [s.text for s in r.sources] == [DOC[2].text]
