@@ -86,3 +86,16 @@ def test_access_changes_keep_the_header_in_bm25(kbs: dict[bool, Container]) -> N
     assert c.store.update_access("default", "zephyr.md", chunk.version, ["public", "staff"], ["hr"]) == 1
     found = c.query.search("Zephyr", flt=EVERYTHING, top_k=1, mode="bm25")
     assert [h.chunk.doc_id for h in found.hits] == ["zephyr.md"] and found.hits[0].chunk.text == chunk.text
+
+
+def test_reindex_keeps_the_header_in_vectors_and_bm25(kbs: dict[bool, Container]) -> None:
+    from app.audit import Actor
+
+    c = kbs[True]
+    c.reindexing.reindex("default", actor=Actor.local_admin())
+    (chunk,) = c.store.document_chunks("default", "zephyr.md")
+    assert chunk.text == "The allowance is paid in two instalments after the move."
+    titled = c.embedder.embed([with_header(chunk)], "passage")[0]
+    assert c.store.best_cosine("default", titled, [chunk.chunk_id]) == pytest.approx(1.0, abs=1e-3)
+    found = c.query.search("Zephyr", flt=EVERYTHING, top_k=1, mode="bm25")
+    assert [h.chunk.doc_id for h in found.hits] == ["zephyr.md"]
