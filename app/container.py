@@ -4,7 +4,7 @@ servers ask for all of them at start-up (`warm_up`), the CLI only for what a com
 from __future__ import annotations
 
 import logging
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from ingest.files import FileStore
 from ingest.jobs import JobStore
 from ingest.loaders import DocumentLoader
 from ingest.ocr import TesseractOCR
-from ingest.pipeline import IngestPipeline
+from ingest.pipeline import IngestPipeline, embedded_text
 from ingest.registry import Registry
 from ingest.sources import ArchiveLimits
 from ingest.versions import Versions
@@ -119,6 +119,7 @@ class Container:
             timeout_s=timeout_s,
             write_lock=None if m.uri else lite_layout(self.settings).run_dir / "milvus-lite.write.lock",
             language_field=isinstance(self.embedder, LanguageRoutedEmbedder),
+            bm25_header=self.settings.ingest.header_in_bm25,
         )
 
     @cached_property
@@ -172,6 +173,7 @@ class Container:
             store=self.store,
             versions=self.versions,
             batch_size=self.settings.embedding.batch_size,
+            header_in_vectors=i.header_in_vectors,
         )
 
     @cached_property
@@ -244,7 +246,11 @@ class Container:
     @cached_property
     def reindexing(self) -> Reindexing:
         return Reindexing(
-            registry=self.registry, store=lambda: self.store, embedder=lambda: self.embedder, audit=self.audit
+            registry=self.registry,
+            store=lambda: self.store,
+            embedder=lambda: self.embedder,
+            audit=self.audit,
+            text_of=partial(embedded_text, header=self.settings.ingest.header_in_vectors),
         )
 
     def _drop_collection(self, kb: str) -> None:
@@ -292,6 +298,7 @@ class Container:
             ),
             dense_by_language=isinstance(self.embedder, LanguageRoutedEmbedder),
             count_tokens=llm_token_counter(self.settings.llm_model_path),
+            expand_chunks=r.expand_chunks,
         )
 
     def _model_for(self, language: str) -> str:

@@ -17,6 +17,7 @@ from app.audit import Action, Actor, AuditLog
 from app.errors import Conflict, InvalidRequest, NotFound
 from core.names import KB_NAME
 from core.protocols import Embedder
+from core.types import Chunk
 from ingest.labels import InvalidAccess, check_labels
 from ingest.registry import KnowledgeBase, Registry
 
@@ -125,8 +126,9 @@ class Reindexing:
     restarted with the new one: the store refuses a collection embedded by another model."""
 
     def __init__(self, *, registry: Registry, store: Callable[[], MilvusStore], embedder: Callable[[], Embedder],
-                 audit: AuditLog) -> None:  # fmt: skip
+                 audit: AuditLog, text_of: Callable[[Chunk], str] = lambda c: c.text) -> None:  # fmt: skip
         self._registry = registry
+        self._text_of = text_of  # what ingestion embeds of a chunk: the same goes into the new vectors
         # Callables: the embedding model loads only once the request is known to be valid.
         self._store = store
         self._embedder = embedder
@@ -141,7 +143,9 @@ class Reindexing:
                 f"knowledge base {name!r} is being changed ({', '.join(busy[:3])}): re-index once that is done"
             )
         store, embedder = self._store(), self._embedder()
-        done = store.reindex(name, lambda texts: embedder.embed(texts, "passage"), progress=progress)
+        done = store.reindex(
+            name, lambda texts: embedder.embed(texts, "passage"), progress=progress, text_of=self._text_of
+        )
         self._audit.record(
             Action.kb_reindex, actor=actor, kb=name, target=name,
             detail={"chunks": done.chunks, "embedding_model": store.embedding_model,

@@ -200,6 +200,13 @@ class IngestSettings(BaseModel):
     engine: Literal["embedded", "procrastinate"] = "embedded"
     # Deliveries one `kb worker` on procrastinate runs at once (each in a thread of its own).
     worker_concurrency: int = Field(1, ge=1, le=64)
+    # Contextual chunk headers (core/chunk_context.py): each chunk is matched with its document's title and
+    # heading path in front of its text, in the dense vector and/or in BM25; answers and citations show
+    # the text alone. Changing either applies to documents ingested afterwards (or `kb reindex`, vectors).
+    # On: SciFact hybrid nDCG@10 0.6855 -> 0.7003 with both (each alone helps less), XQuAD hits equal or
+    # better (docs/BENCHMARKS.md, "Contextual chunk headers and small-to-big context").
+    header_in_vectors: bool = True
+    header_in_bm25: bool = True
 
 
 class RetrievalSettings(BaseModel):
@@ -212,6 +219,10 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(0.3, ge=0.0, le=1.0)
     rrf_k: int = Field(60, ge=1)
     context_tokens: int = Field(1000, ge=64, description="token budget for sources in the prompt")
+    # Small-to-big: each hit given to the model grows by up to this many neighbouring chunks on each side,
+    # of its own section and page, within `context_tokens` (retrieval/context.py); 0 turns it off.
+    # Default: what `kb eval qa` (answer in context, XQuAD) supports (docs/BENCHMARKS.md).
+    expand_chunks: int = Field(0, ge=0, le=8)
     min_relevance: RelevanceThresholds = RelevanceThresholds()
     # Rewrite a follow-up question with its history into a standalone query (LLM, with a fallback).
     condense: bool = True

@@ -89,6 +89,13 @@ class VectorStore(Protocol):
         an absolute relevance measure where fused scores have none."""
         ...
 
+    def chunks_at(
+        self, kb: str, doc_id: str, version: int, ordinals: Sequence[int], *, flt: SearchFilter
+    ) -> list[Chunk]:
+        """The chunks of one document version at these positions that `flt` lets through, in reading order
+        (those that exist): a hit's neighbours, for small-to-big context."""
+        ...
+
 
 @runtime_checkable
 class Reranker(Protocol):

@@ -92,6 +92,13 @@ def eval_qa(  # noqa: PLR0917  (Typer options)
         int, typer.Option(min=0, help="Extractive answers (no model) to at most this many questions (0: all).")
     ] = 0,
     compare: Annotated[str, typer.Option(help="Also report hits per requested mode, e.g. bm25,hybrid.")] = "",
+    context_expand: Annotated[
+        str,
+        typer.Option(
+            help="Also report how often the gold answer is in the assembled context, per small-to-big setting "
+            "(neighbouring chunks per side), e.g. 0,1,2."
+        ),
+    ] = "",
     details: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Write each question the model answered, in every answer mode, to this jsonl file."),
@@ -106,13 +113,14 @@ def eval_qa(  # noqa: PLR0917  (Typer options)
 
     try:
         modes = parse_compare(compare)
+        expand = [int(e) for e in context_expand.split(",") if e.strip()]
         data = load_qa(dataset)
     except (ValueError, OSError) as exc:
         fail(str(exc), 2)
     try:
         report = evaluate_qa(
             data, load_settings(), llm_limit=llm_limit, extractive_limit=extractive_limit, compare=modes,
-            progress=_progress,
+            context_expand=expand, progress=_progress,
         )  # fmt: skip
     except QAEvalError as exc:
         fail(str(exc))

@@ -47,6 +47,18 @@ class ModeHits:
     answered_as: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ContextCoverage:
+    """The context the model would be given (top_k hits of the configured mode, the configured token budget)
+    with `expand` small-to-big neighbours per side: the share of answerable questions whose gold answer is
+    in it, and what it costs."""
+
+    expand: int
+    answer_in_context: float
+    mean_tokens: float
+    mean_sources: float
+
+
 @dataclass
 class QAReport:
     dataset: str
@@ -82,6 +94,8 @@ class QAReport:
     precision_supported: float | None = None
     precision_unsupported: float | None = None
     ingest_s: float = 0.0
+    context: list[ContextCoverage] = field(default_factory=list)
+    context_questions: int = 0
     # Per question the model answered: the answers in each mode and what was scored (`--details`).
     details: list[dict[str, object]] = field(default_factory=list, repr=False)
 
@@ -101,6 +115,11 @@ class QAReport:
             rows.append(
                 f"  requested {mode:<7} hit@1 {hits.hit_at_1:.4f}  hit@5 {hits.hit_at_5:.4f}  "
                 f"(answered as {hits.answered_as})"
+            )
+        for c in self.context:
+            rows.append(
+                f"answer in context, expand {c.expand}: {c.answer_in_context:.4f} over {self.context_questions} "
+                f"questions ({c.mean_tokens:.0f} tokens, {c.mean_sources:.2f} sources on average)"
             )
         if self.extractive_questions:
             rows.append(
@@ -143,6 +162,25 @@ def _document_hits(
     return ModeHits(hit1 / len(items), hit5 / len(items), modes), ms
 
 
+def context_coverage(
+    items: Sequence[QAItem], query: QueryPipeline, *, top_k: int, expand: Sequence[int],
+    count_tokens: Callable[[str], int],
+) -> list[ContextCoverage]:  # fmt: skip
+    """Answer-in-context rate per small-to-big setting, over the same hits (one search per question)."""
+    found: dict[int, list[float]] = {e: [] for e in expand}
+    tokens: dict[int, list[float]] = {e: [] for e in expand}
+    sources: dict[int, list[float]] = {e: [] for e in expand}
+    for item in items:
+        hits = query.candidates(item.question, flt=EVERYTHING, kb=QA_KB, limit=top_k).hits[:top_k]
+        for e in expand:
+            context = query.context(QA_KB, hits, EVERYTHING, expand=e)
+            text = "\n".join(s.text for s in context)
+            found[e].append(float(contains_answer(text, item.answers)))
+            tokens[e].append(float(count_tokens(text)))
+            sources[e].append(float(len(context)))
+    return [ContextCoverage(e, mean(found[e]) or 0.0, mean(tokens[e]) or 0.0, mean(sources[e]) or 0.0) for e in expand]
+
+
 def llm_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
     """None when the OpenAI-compatible server lists its models, else why the answers are skipped."""
     base_url = settings.llm_base_url
@@ -161,6 +199,7 @@ def evaluate_qa(
     llm_limit: int,
     extractive_limit: int = 0,
     compare: Sequence[SearchMode] = (),
+    context_expand: Sequence[int] = (),
     progress: Progress = lambda _: None,
 ) -> QAReport:
     """Raises QAEvalError when documents fail to ingest: hits over a partial corpus would mislead."""
@@ -183,6 +222,14 @@ def evaluate_qa(
         hits, ms = _document_hits(data.items, query, None)
         report.hit_at_1, report.hit_at_5, report.modes = hits.hit_at_1, hits.hit_at_5, hits.answered_as
         report.search_p50_ms, report.search_p95_ms = percentile(ms, 50), percentile(ms, 95)
+        if context_expand:
+            answerable = [i for i in data.items if i.answerable and i.answers]
+            progress(f"assembling the context of {len(answerable)} questions, expand {list(context_expand)}")
+            report.context_questions = len(answerable)
+            report.context = context_coverage(
+                answerable, query, top_k=settings.retrieval.top_k, expand=context_expand,
+                count_tokens=container.embedder.count_tokens,
+            )  # fmt: skip
         answerable = [i for i in data.items if i.answerable and i.answers][: extractive_limit or None]
         progress(f"extractive answers to {len(answerable)} questions")
         asyncio.run(_score_extractive(report, answerable, container.answers))

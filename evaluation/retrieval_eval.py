@@ -18,6 +18,7 @@ from evaluation.access import EVERYTHING
 from evaluation.datasets import BeirDoc, BeirSet
 from evaluation.metrics import mrr_at, ndcg_at, percentile, recall_at
 from evaluation.scratch import scratch_container
+from ingest.pipeline import embedded_text
 from retrieval.embedder import ProfiledEmbedder
 from retrieval.pipeline import QueryPipeline
 from retrieval.store import MilvusStore
@@ -64,6 +65,8 @@ class EvalSettings:
     rrf_k: int
     search_ef: int
     reranker: str | None
+    header_in_vectors: bool
+    header_in_bm25: bool
 
     @classmethod
     def of(cls, settings: Settings, *, reranker_loaded: bool) -> EvalSettings:
@@ -72,6 +75,7 @@ class EvalSettings:
             embedding_model=settings.embedding.model, analyzer=m.analyzer, stop_words=m.stop_words,
             fusion=r.fusion, dense_weight=r.dense_weight, rrf_k=r.rrf_k, search_ef=m.search_ef,
             reranker=settings.reranker.model if reranker_loaded else None,
+            header_in_vectors=settings.ingest.header_in_vectors, header_in_bm25=settings.ingest.header_in_bm25,
         )  # fmt: skip
 
 
@@ -148,16 +152,21 @@ def cached_passage_vectors(
     return vectors
 
 
+def corpus_chunks(kb: str, docs: Sequence[BeirDoc]) -> list[Chunk]:
+    """One chunk per document: its text, with its title where ingestion keeps a document's title (in
+    `Chunk.title`), so that the contextual-header settings decide whether the title is matched."""
+    return [
+        Chunk(chunk_id=Chunk.make_id(d.doc_id, 1, 0), doc_id=d.doc_id, kb=kb, text=d.text or d.title, title=d.title)
+        for d in docs
+    ]
+
+
 def index_corpus(
-    store: MilvusStore, kb: str, docs: Sequence[BeirDoc], vectors: np.ndarray, *, batch: int = 1000
+    store: MilvusStore, kb: str, chunks: Sequence[Chunk], vectors: np.ndarray, *, batch: int = 1000
 ) -> None:
-    for start in range(0, len(docs), batch):
-        part = docs[start : start + batch]
-        chunks = [
-            Chunk(chunk_id=Chunk.make_id(d.doc_id, 1, 0), doc_id=d.doc_id, kb=kb, text=d.body, title=d.title)
-            for d in part
-        ]
-        store.upsert(kb, chunks, vectors[start : start + len(part)].tolist())
+    for start in range(0, len(chunks), batch):
+        part = chunks[start : start + batch]
+        store.upsert(kb, part, vectors[start : start + len(part)].tolist())
     store.flush(kb)
 
 
@@ -174,10 +183,14 @@ def evaluate_retrieval(
             settings=EvalSettings.of(settings, reranker_loaded=pipeline.has_reranker),
         )  # fmt: skip
         progress(f"embedding {len(data.corpus)} passages (cached under {cache_dir})")
-        vectors = cached_passage_vectors(embedder, [d.body for d in data.corpus], data.fingerprint, cache_dir)
+        chunks = corpus_chunks(EVAL_KB, data.corpus)
+        header = settings.ingest.header_in_vectors
+        texts = [embedded_text(c, header=header) for c in chunks]
+        fingerprint = f"{data.fingerprint}:{'header' if header else 'text'}"
+        vectors = cached_passage_vectors(embedder, texts, fingerprint, cache_dir)
         t = time.perf_counter()
         progress("indexing into Milvus")
-        index_corpus(container.store, EVAL_KB, data.corpus, vectors)
+        index_corpus(container.store, EVAL_KB, chunks, vectors)
         report.index_s = time.perf_counter() - t
         for mode in modes:
             progress(f"mode {mode}")

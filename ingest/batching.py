@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,8 +68,12 @@ class _Inflight:
 
 
 class Batcher:
-    def __init__(self, embedder: Embedder, store: VectorStore, kb: str, *, batch_size: int) -> None:
+    def __init__(
+        self, embedder: Embedder, store: VectorStore, kb: str, *, batch_size: int,
+        text_of: Callable[[Chunk], str] = lambda c: c.text,
+    ) -> None:  # fmt: skip
         self._embedder = embedder
+        self._text_of = text_of  # what is embedded of a chunk
         self._store = store
         self._kb = kb
         self._size = batch_size
@@ -120,7 +124,7 @@ class Batcher:
         batch, self._pending = self._pending[: self._size], self._pending[self._size :]
         if not batch:
             return self._settle()
-        texts = [c.text for _, c in batch]
+        texts = [self._text_of(c) for _, c in batch]
         # The language of the very text embedded: where languages go to different models it names the
         # vector space, and must agree with how the embedder routed that text.
         batch = [

@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from opentelemetry.trace import Span, StatusCode
 
+from core.chunk_context import with_header
 from core.protocols import Embedder, VectorStore
 from core.tracing import tracer
+from core.types import Chunk
 from ingest.batching import Batcher, Completed, Failed, Outcome, Stored
 from ingest.chunking import StructuredChunker
 from ingest.errors import LoadError, NoText
@@ -68,6 +71,12 @@ class _Indexing:
         )
 
 
+def embedded_text(chunk: Chunk, *, header: bool) -> str:
+    """What is embedded of a chunk: its text, after its document title and heading path when `header`
+    (core/chunk_context.py; the store adds the same header to what BM25 indexes on its own setting)."""
+    return with_header(chunk) if header else chunk.text
+
+
 class IngestPipeline:
     def __init__(
         self,
@@ -78,8 +87,10 @@ class IngestPipeline:
         store: VectorStore,
         versions: Versions,
         batch_size: int = 64,
+        header_in_vectors: bool = False,
     ) -> None:
         self._reader = FileReader(loader, chunker)
+        self._header_in_vectors = header_in_vectors
         self._embedder = embedder
         self._store = store
         self._versions = versions
@@ -109,7 +120,8 @@ class IngestPipeline:
         ended: BaseException | None = None
         try:
             # Leaving the with block waits for the write in flight: rollbacks below delete everything.
-            with Batcher(self._embedder, self._store, kb, batch_size=self._batch) as batcher:
+            text_of = partial(embedded_text, header=self._header_in_vectors)
+            with Batcher(self._embedder, self._store, kb, batch_size=self._batch, text_of=text_of) as batcher:
                 for n, task in enumerate(tasks):
                     yield FileStarted(task)
                     begun = self._begin(task, kb=kb, acl_groups=acl_groups, tags=tags, lease=lease)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from core.protocols import Embedder, Reranker, RerankerUnavailable, VectorStore
 from core.text import detect_language
 from core.tracing import stage
-from core.types import RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
+from core.types import Chunk, RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
 from retrieval.context import Source, assemble_context
 from retrieval.relevance import Relevance, lexical_coverage
 
@@ -60,7 +60,9 @@ class QueryPipeline:
         hidden_versions: Callable[[str], Sequence[tuple[str, int]]] | None = None,
         language_thresholds: Mapping[str, RelevanceThresholds] | None = None,
         dense_by_language: bool = False,
+        expand_chunks: int = 0,
     ) -> None:
+        self._expand = expand_chunks
         # Asked per query: which (doc_id, version) pairs are mid-switch and must not be seen.
         self._hidden_versions = hidden_versions
         self._embedder = embedder
@@ -168,14 +170,26 @@ class QueryPipeline:
         if no_relevant:
             log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
         with stage(timings, "context"):
-            sources = (
-                []
-                if no_relevant
-                else assemble_context(hits, count_tokens=self._count_tokens, budget_tokens=self._context_tokens)
-            )
+            sources = [] if no_relevant else self.context(kb, hits, flt)
         return Retrieval(
             question=question, language=found.language, mode=found.mode, hits=hits, sources=sources,
             timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,
+        )  # fmt: skip
+
+    def context(
+        self, kb: str, hits: Sequence[ScoredChunk], flt: SearchFilter, *, expand: int | None = None
+    ) -> list[Source]:
+        """The numbered sources the model is given for these hits; `expand`: the configured small-to-big
+        neighbours per side unless given (evaluation compares several)."""
+        expand = self._expand if expand is None else expand
+
+        def neighbours(chunk: Chunk, ordinals: Sequence[int]) -> list[Chunk]:
+            # The caller's filter again: a neighbour is read with the same access as the hit it surrounds.
+            return self._store.chunks_at(kb, chunk.doc_id, chunk.version, ordinals, flt=flt)
+
+        return assemble_context(
+            hits, count_tokens=self._count_tokens, budget_tokens=self._context_tokens, expand=expand,
+            neighbours=neighbours,
         )  # fmt: skip
 
 

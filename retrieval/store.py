@@ -29,6 +29,7 @@ from pymilvus import (
     WeightedRanker,
 )
 
+from core.chunk_context import store_text, stored_body
 from core.text import detect_language, english_stop_words
 from core.types import Access, Chunk, ScoredChunk, SearchFilter, SearchMode
 
@@ -138,12 +139,16 @@ class MilvusStore:
         embedding_model: str = "",
         write_lock: Path | None = None,
         language_field: bool = False,
+        bm25_header: bool = False,
     ) -> None:
         self._client = client
         # Languages embedded by different models (retrieval/routed_embedder.py): each chunk's `lang` says
         # whose vector space it is in, and dense search keeps to the query's.
         self._language_field = language_field
         self._output = [*_OUTPUT_FIELDS, "lang"] if language_field else _OUTPUT_FIELDS
+        # BM25 matches each chunk's title and heading path too (core/chunk_context.py); reads return the
+        # text alone either way, so the setting may change between writes.
+        self._bm25_header = bm25_header
         # Recorded in each new collection's description and compared on opening: two models of the same
         # dimension (MiniLM and e5-small: 384) make vectors that mean nothing to each other.
         self.embedding_model = embedding_model
@@ -318,7 +323,7 @@ class MilvusStore:
                 "doc_id": c.doc_id,
                 "version": c.version,
                 "ordinal": c.ordinal,
-                "text": c.text[:_MAX_TEXT],
+                "text": store_text(c, header=self._bm25_header)[:_MAX_TEXT],
                 "title": c.title[:1024],
                 "source": c.source[:2048],
                 "page": c.page if c.page is not None else _NO_PAGE,
@@ -434,6 +439,23 @@ class MilvusStore:
         chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
         return sorted(chunks, key=lambda c: (c.version, c.ordinal))
 
+    def chunks_at(
+        self, kb: str, doc_id: str, version: int, ordinals: Sequence[int], *, flt: SearchFilter
+    ) -> list[Chunk]:
+        name = self.collection(kb)
+        if not ordinals or (name not in self._ready and not self._client.has_collection(name, timeout=self._timeout)):
+            return []
+        self.ensure_collection(kb)
+        positions = ", ".join(str(int(o)) for o in ordinals)
+        expr = f"{build_filter(flt, doc_id=doc_id)} and version == {int(version)} and ordinal in [{positions}]"
+        rows = self._client.query(
+            name, filter=expr, output_fields=_OUTPUT_FIELDS, limit=len(ordinals), consistency_level=CONSISTENCY,
+            timeout=self._timeout,
+        )  # fmt: skip
+        return sorted(
+            (self._scored({"entity": r, "distance": 0.0}, "cosine", kb).chunk for r in rows), key=lambda c: c.ordinal
+        )
+
     def search(
         self,
         kb: str,
@@ -520,7 +542,7 @@ class MilvusStore:
             version=int(entity["version"]),
             kb=kb,  # not a stored field: the collection is the knowledge base
             ordinal=int(entity["ordinal"]),
-            text=entity["text"],
+            text=stored_body(entity["text"]),
             title=entity["title"],
             source=entity["source"],
             page=None if page is None or int(page) == _NO_PAGE else int(page),
@@ -553,6 +575,7 @@ class MilvusStore:
         *,
         batch: int = 256,
         progress: Callable[[int], None] = lambda _: None,
+        text_of: Callable[[Chunk], str] = lambda c: c.text,
     ) -> Reindexed:
         """Every chunk of `kb`, re-embedded by `embed` into a new collection made for this store's model;
         then the knowledge base's name is pointed at it in one alias change and the old collection dropped.
@@ -560,7 +583,8 @@ class MilvusStore:
 
         The old collection is read as it is (its model may differ from this store's: that is the point).
         Chunks written to it while this runs after their page was copied are not carried over: the caller
-        makes sure no ingestion runs for `kb` meanwhile."""
+        makes sure no ingestion runs for `kb` meanwhile. `text_of`: what is embedded of each chunk (the
+        ingestion pipeline's choice: with or without its header)."""
         alias = self.collection(kb)
         old = self._physical(alias)
         if old is None:
@@ -580,9 +604,13 @@ class MilvusStore:
             try:
                 while rows := pages.next():
                     chunks = [self._scored({"entity": row, "distance": 0.0}, "cosine", kb).chunk for row in rows]
-                    # The old collection may record no languages; the text decides, as at ingestion.
-                    chunks = [c.model_copy(update={"language": detect_language(c.text)}) for c in chunks]
-                    vectors = embed([c.text for c in chunks])
+                    texts = [text_of(c) for c in chunks]
+                    # The old collection may record no languages: the text embedded decides, as at ingestion.
+                    chunks = [
+                        c.model_copy(update={"language": detect_language(t)})
+                        for c, t in zip(chunks, texts, strict=True)
+                    ]
+                    vectors = embed(texts)
                     with self._writing():
                         self._client.upsert(new, self._rows(chunks, vectors), timeout=self._timeout)
                     copied += len(chunks)

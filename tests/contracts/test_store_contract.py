@@ -162,6 +162,18 @@ def test_stored_chunks_come_back_whole(store: VectorStore) -> None:
         assert found[original.chunk_id] == original
 
 
+def test_chunks_at_reads_one_version_in_order_through_the_filter(store: VectorStore) -> None:
+    everyone = SearchFilter(access=Access.everything())
+    leave = [c for c in CHUNKS if c.doc_id == "leave.md"]
+    assert store.chunks_at(KB, "leave.md", 1, [1, 0, 7], flt=everyone) == leave
+    assert store.chunks_at(KB, "vpn.md", 2, [0], flt=everyone) == [CHUNKS[3]]
+    assert store.chunks_at(KB, "leave.md", 2, [0, 1], flt=everyone) == []
+    assert store.chunks_at(KB, "leave.md", 1, [], flt=everyone) == []
+    # A neighbour is read with the caller's access, as the hit was.
+    assert store.chunks_at(KB, "leave.md", 1, [0, 1], flt=SearchFilter(access=Access.groups(["finance"]))) == []
+    assert store.chunks_at(KB, "nowhere", 1, [0], flt=everyone) == []
+
+
 def test_chinese_keywords_match_through_jieba(store: VectorStore) -> None:
     assert search(store, "带薪年假有几天", "bm25")[0].chunk.doc_id == "zh.md"
 

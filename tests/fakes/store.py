@@ -143,6 +143,19 @@ class FakeVectorStore:
         found = [cosine(vector, rows[i].vector) for i in chunk_ids if i in rows]
         return max(found) if found else None
 
+    def chunks_at(
+        self, kb: str, doc_id: str, version: int, ordinals: Sequence[int], *, flt: SearchFilter
+    ) -> list[Chunk]:
+        wanted = set(ordinals)
+        found = [
+            r.chunk.model_copy(deep=True)
+            for r in self._kbs.get(kb, {}).values()
+            if (r.chunk.doc_id, r.chunk.version) == (doc_id, version)
+            and r.chunk.ordinal in wanted
+            and visible(r.chunk, flt)
+        ]
+        return sorted(found, key=lambda c: c.ordinal)
+
     def _bm25(self, kb: str, query: str, rows: Sequence[_Row]) -> list[tuple[_Row, float]]:
         """Okapi BM25 with statistics over the whole knowledge base (filters narrow the hits, not the IDF);
         only rows that contain a query term are hits."""

@@ -109,7 +109,7 @@ def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> N
     ]
     write(folder / "qa.jsonl", "".join(json.dumps({**q, "answerable": True}, ensure_ascii=False) + "\n" for q in qa))
     out = home / "reports" / "qa.json"
-    args = ["qa", "--dataset", str(folder), "--output", str(out), "--compare", "bm25,hybrid"]
+    args = ["qa", "--dataset", str(folder), "--output", str(out), "--compare", "bm25,hybrid", "--context-expand", "0,1"]
     result = CliRunner().invoke(eval_cli, args)
     assert result.exit_code == 0, result.output
     assert "document hit@1       1.0000" in result.stdout  # without --json, the human table
@@ -119,6 +119,9 @@ def test_eval_qa_measures_document_hits_and_skips_a_missing_llm(home: Path) -> N
     assert "LLM not reachable" in report["llm"] and report["f1"] is None
     assert report["by_mode"]["bm25"]["answered_as"] == {"bm25": 3}
     assert report["by_mode"]["hybrid"]["answered_as"] == {"hybrid": 3}
+    # Each document is one chunk: the gold answer is in every context, with or without neighbours.
+    assert [(c["expand"], c["answer_in_context"]) for c in report["context"]] == [(0, 1.0), (1, 1.0)]
+    assert report["context_questions"] == 3 and "answer in context, expand 1: 1.0000" in result.stdout
 
 
 def test_bench_retrieval_writes_its_table(home: Path) -> None:

@@ -259,7 +259,10 @@ def test_pptx_table_slide_keeps_its_title(
     # The slide's title must be searchable with the table: in the chunk text, which is what is embedded.
     assert table[0].text.startswith(title + "\n") and table[0].section == title
     hits = container.query.search(title, flt=EVERYTHING, kb="parsing", top_k=3).hits
-    assert hits and (hits[0].chunk.doc_id, hits[0].chunk.page) == (doc_id, slide)
+    assert hits and hits[0].chunk.doc_id == doc_id, hits
+    # Every slide is matched with the deck's title too (contextual headers): where this slide opens the deck,
+    # its title is the deck's, and another slide of it may come first.
+    assert (doc_id, slide) in [(h.chunk.doc_id, h.chunk.page) for h in hits], hits
 
 
 def test_garbled_first_line_is_not_the_title(container: Container, parsing_docs: dict[str, IngestResult]) -> None:
