@@ -82,6 +82,16 @@ class JobItemRow(Base):
     worker: Mapped[str] = mapped_column(String(256), default="")
 
 
+# Open jobs, not being cancelled, with files that no claim holds: what a worker may claim.
+_OPEN_WITH_UNCLAIMED_FILES = (
+    JobRow.state.in_(_OPEN),
+    JobRow.cancel_requested.is_(False),
+    select(JobItemRow.ordinal)
+    .where(JobItemRow.job_id == JobRow.job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
+    .exists(),
+)
+
+
 @dataclass(frozen=True)
 class JobFile:
     path: str
@@ -176,16 +186,7 @@ class JobStore:
         """Open jobs, oldest first, with files no claim holds (nothing is working on them now)."""
         with self._registry.session() as session:
             return list(
-                session.scalars(
-                    select(JobRow.job_id)
-                    .where(JobRow.state.in_(_OPEN), JobRow.cancel_requested.is_(False))
-                    .where(
-                        select(JobItemRow.ordinal)
-                        .where(JobItemRow.job_id == JobRow.job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
-                        .exists()
-                    )
-                    .order_by(JobRow.created_at)
-                )
+                session.scalars(select(JobRow.job_id).where(*_OPEN_WITH_UNCLAIMED_FILES).order_by(JobRow.created_at))
             )
 
     # -- claims -----------------------------------------------------------------------------------
@@ -201,17 +202,7 @@ class JobStore:
         the workers finish together."""
         pg = self._registry.is_postgres
         with self._registry.session() as session:
-            open_jobs = (
-                select(JobRow.job_id)
-                .where(JobRow.state.in_(_OPEN), JobRow.cancel_requested.is_(False))
-                .where(
-                    select(JobItemRow.ordinal)
-                    .where(JobItemRow.job_id == JobRow.job_id, JobItemRow.status == "queued", JobItemRow.claim == 0)
-                    .exists()
-                )
-                .order_by(JobRow.created_at)
-                .limit(5)
-            )
+            open_jobs = select(JobRow.job_id).where(*_OPEN_WITH_UNCLAIMED_FILES).order_by(JobRow.created_at).limit(5)
             if job_id is not None:
                 open_jobs = open_jobs.where(JobRow.job_id == job_id)
             for candidate in session.scalars(open_jobs).all():

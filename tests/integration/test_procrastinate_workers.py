@@ -9,7 +9,6 @@ failed under CI=true (tests/postgres.py)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from tests.integration.test_worker_processes import (
     Worker,
     assert_each_file_once,
     corpus,
-    under_way,
+    kill_one_mid_job,
     wait_done,
 )
 from tests.services import milvus_server
@@ -139,24 +138,8 @@ def test_two_procrastinate_workers_share_a_50_file_job_each_file_exactly_once(ho
 def test_a_kill_9_of_one_procrastinate_worker_mid_job_loses_nothing(home: Home, tmp_path: Path) -> None:
     workers = start_workers(home, 2, "kill")
     victim, survivor = workers
-    try:
-        corpus(tmp_path / "docs", "KILLED")
-        c = home.container
-        job_id = c.documents.submit([tmp_path / "docs"], kb="killed", uploads_dir=c.uploads_dir)
-        deadline = time.monotonic() + 300
-        while True:  # until the victim has finished a file and holds a file under way
-            view = c.jobs.get(job_id)
-            assert view is not None and view.job.state != "done", "the job ended before the kill"
-            if any(i.worker == victim.name for i in view.items) and under_way(c, job_id, victim.name):
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(victim.proc.pid, signal.SIGKILL)
-        victim.proc.wait(timeout=30)
-        wait_done(home, job_id, [survivor])
-    finally:
-        for w in workers:
-            w.stop()
+    c = home.container
+    job_id = kill_one_mid_job(home, workers, tmp_path / "docs")
     assert_each_file_once(home, "killed", job_id, killed=True)
     view = c.jobs.get(job_id)
     assert view is not None

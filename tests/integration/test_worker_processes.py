@@ -202,13 +202,14 @@ def test_two_worker_processes_share_a_50_file_job_each_file_exactly_once(home: H
     assert not (home.container.uploads_dir / job_id).exists()
 
 
-def test_a_kill_9_of_one_worker_mid_job_loses_nothing(home: Home, tmp_path: Path) -> None:
-    workers = start_workers(home, 2, "kill")
+def kill_one_mid_job(home: Home, workers: list[Worker], folder: Path) -> str:
+    """Submit a corpus, kill -9 the first worker once it has finished a file and holds one under way, let
+    the second finish the job; the job's id. Stops both workers whatever happens."""
     victim, survivor = workers
     try:
-        corpus(tmp_path / "docs", "KILLED")
+        corpus(folder, "KILLED")
         c = home.container
-        job_id = c.documents.submit([tmp_path / "docs"], kb="killed", uploads_dir=c.uploads_dir)
+        job_id = c.documents.submit([folder], kb="killed", uploads_dir=c.uploads_dir)
         deadline = time.monotonic() + 300
         while True:  # until the victim has finished a file and holds a file under way
             view = c.jobs.get(job_id)
@@ -223,6 +224,14 @@ def test_a_kill_9_of_one_worker_mid_job_loses_nothing(home: Home, tmp_path: Path
     finally:
         for w in workers:
             w.stop()
+    return job_id
+
+
+def test_a_kill_9_of_one_worker_mid_job_loses_nothing(home: Home, tmp_path: Path) -> None:
+    workers = start_workers(home, 2, "kill")
+    victim, survivor = workers
+    c = home.container
+    job_id = kill_one_mid_job(home, workers, tmp_path / "docs")
     assert_each_file_once(home, "killed", job_id, killed=True)
     view = c.jobs.get(job_id)
     assert view is not None
