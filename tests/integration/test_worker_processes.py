@@ -45,8 +45,8 @@ class Worker:
 
         return f"{socket.gethostname()}:{self.proc.pid}"
 
-    def ready(self) -> bool:
-        return READY in self.log.read_text(errors="replace")
+    def ready(self, marker: str = READY) -> bool:
+        return marker in self.log.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,19 +97,20 @@ def home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         server.wait(timeout=30)
 
 
-def start_workers(home: Home, n: int, tag: str) -> list[Worker]:
+def start_workers(home: Home, n: int, tag: str, *, args: tuple[str, ...] = (), ready: str = READY) -> list[Worker]:
+    """`n` `kb worker` processes (with `args`), once each has logged `ready`."""
     workers = []
     for i in range(n):
         log = home.settings.home / f"worker-{tag}-{i}.log"
         handle = log.open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=home.env, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "app.cli", "worker", *args], cwd=ROOT, env=home.env, stdin=subprocess.DEVNULL,
             stdout=handle, stderr=subprocess.STDOUT,
         )  # fmt: skip
         workers.append(Worker(proc, log, handle))
     deadline = time.monotonic() + 300
     try:
-        while not all(w.ready() for w in workers):
+        while not all(w.ready(ready) for w in workers):
             for w in workers:
                 assert w.proc.poll() is None, w.log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < deadline, "the workers did not get ready"
