@@ -9,9 +9,6 @@ failed under CI=true (tests/postgres.py)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +28,9 @@ from tests.integration.test_worker_processes import (
     corpus,
     kill_one_mid_job,
     wait_done,
+)
+from tests.integration.test_worker_processes import (
+    start_workers as worker_processes,
 )
 from tests.services import milvus_server
 
@@ -73,27 +73,7 @@ def home(postgres: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def start_workers(home: Home, n: int, tag: str) -> list[Worker]:
-    workers = []
-    for i in range(n):
-        log = home.settings.home / f"worker-{tag}-{i}.log"
-        handle = log.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], cwd=ROOT, env=home.env,
-            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        workers.append(Worker(proc, log, handle))
-    deadline = time.monotonic() + 300
-    try:
-        while not all(READY in w.log.read_text(errors="replace") for w in workers):
-            for w in workers:
-                assert w.proc.poll() is None, w.log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the workers did not get ready"
-            time.sleep(0.2)
-    except BaseException:
-        for w in workers:
-            w.stop()
-        raise
-    return workers
+    return worker_processes(home, n, tag, args=("--concurrency", "1"), ready=READY)
 
 
 def deliveries(c: Container, job_id: str) -> dict[str, int]:
@@ -128,10 +108,10 @@ def test_two_procrastinate_workers_share_a_50_file_job_each_file_exactly_once(ho
     assert [i.attempts for i in view.items] == [1] * FILES  # each file started once, by one worker
     by_worker = {w.name: sum(i.worker == w.name for i in view.items) for w in workers}
     assert sum(by_worker.values()) == FILES and all(by_worker.values()), by_worker  # both did some
-    # None failed. A sweep that runs between a delivery's start and its claim sees unclaimed files and no
-    # waiting delivery, and adds one: by design, and harmless (it claims nothing), so more may succeed.
+    # None failed. Their number is not exact by design: a sweep between a delivery's start and its claim adds
+    # one, and a delivery may still wait when the job's last file is done; either claims nothing when it runs.
     delivered = deliveries(home.container, job_id)
-    assert set(delivered) == {"succeeded"} and delivered["succeeded"] >= FILES // 2, delivered
+    assert "failed" not in delivered and sum(delivered.values()) >= FILES // 2, delivered
     assert not (home.container.uploads_dir / job_id).exists()
     # Workers were woken by procrastinate, not by kb's polling loop.
     logs = "".join(w.log.read_text(errors="replace") for w in workers)
