@@ -28,7 +28,7 @@ from core.types import (
     SentenceGrounding,
     Usage,
 )
-from retrieval.condense import Condenser, fallback_query
+from retrieval.condense import Condenser, condense_by_rules
 from retrieval.context import Source
 from retrieval.pipeline import QueryPipeline, Retrieval
 from serving.citations import check_citations, citation_pattern, split_sentences
@@ -83,16 +83,22 @@ class AnswerService:
 
     async def retrieve(self, question: Question) -> Retrieval:
         flt = SearchFilter(access=question.access)
-        query, condensed = fallback_query(question.text, question.history), dict[str, float]()
-        if self._condenser is not None and question.history:
-            with stage(condensed, "condense"):
-                query = (await self._condenser.condense(question.text, question.history)).query
+        timings: dict[str, float] = {}
+        condensed = condense_by_rules(question.text, question.history)
+        if self._condenser is not None and condensed.condensed:
+            with stage(timings, "condense"):
+                condensed = await self._condenser.condense(question.text, question.history)
+        if condensed.condensed:
+            log.info("follow-up (%s) searched as %r beside the question", condensed.reason, condensed.query[:200])
         retrieval = await to_thread.run_sync(
             lambda: self._query.search(
-                query, kb=question.kb, top_k=question.top_k or self._top_k, mode=question.mode, flt=flt,
+                question.text, kb=question.kb, top_k=question.top_k or self._top_k, mode=question.mode, flt=flt,
+                rewrite=condensed.query if condensed.condensed else None,
             )
         )  # fmt: skip
-        retrieval.timings.update(condensed)
+        retrieval.timings.update(timings)
+        # A marker beside the durations (as rerank_unavailable is): whether the history changed the search.
+        retrieval.timings["condensed"] = condensed.condensed
         if self._observer is not None:
             self._observer.observe_retrieval(retrieval)
         return retrieval

@@ -159,7 +159,12 @@ class Answer(BaseModel):
     # cite (empty for refusals).
     sentences: list[SentenceGrounding] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
-    timings: dict[str, float] = Field(default_factory=dict, description="milliseconds per stage")
+    # bool before float: pydantic keeps a marker such as `condensed` a JSON boolean.
+    timings: dict[str, bool | float] = Field(
+        default_factory=dict,
+        description="milliseconds per stage (keys ending in _ms) and markers: condensed (true when the question "
+        "was judged a follow-up and searched with a standalone rewrite beside it), rerank_unavailable",
+    )
     answer_id: str = ""
     message: str = ""
 

@@ -1,8 +1,12 @@
-"""Follow-up questions: rewrite history + question into a standalone search query.
+"""Follow-up questions: rewrite history + question into a standalone search query, only when needed.
 
-"And for contractors?" finds nothing on its own. The model rewrites it with the conversation; when the
-model is unavailable, slow or answers with something unusable, the cheap fallback searches with the
-previous user turn and the question together.
+"And for contractors?" finds nothing on its own; "报销需要在多少天内提交？" finds the right document on its own
+and must not be rewritten into the previous topic. So a question is first judged (retrieval/followup.py):
+a self-contained one is searched as asked. A follow-up is rewritten by the model; a rewrite that comes
+back empty, in another language or far longer than the question is discarded for the cheap fallback
+(the previous user turn and the question together), and a rewrite that dropped one of the question's own
+terms gets it back. Retrieval then searches with the question as asked as well as with the rewrite and
+fuses the two (QueryPipeline.search), so a wrong rewrite cannot take the question's own hits away.
 """
 
 from __future__ import annotations
@@ -16,22 +20,70 @@ from typing import Literal
 import jinja2
 
 from core.protocols import Generator
+from core.text import detect_language, has_han
 from core.types import ChatMessage
+from retrieval.followup import Reason, history_dependence, key_terms
+from retrieval.relevance import terms
 
 log = logging.getLogger(__name__)
 
 Method = Literal["none", "llm", "fallback"]
 
+# A standalone query restates the question with what it refers to; anything much longer is the model
+# answering, explaining or repeating the conversation.
+MAX_GROWTH_CHARS = 200
+
 
 @dataclass(frozen=True)
 class Condensed:
+    """`query` is what retrieval searches with besides the question as asked (the question itself when
+    `method` is none)."""
+
     query: str
     method: Method
+    reason: Reason = "self_contained"
+
+    @property
+    def condensed(self) -> bool:
+        return self.method != "none"
 
 
 def fallback_query(question: str, history: Sequence[ChatMessage]) -> str:
     previous = [m.content for m in history if m.role == "user"]
     return f"{previous[-1]}\n{question}" if previous else question
+
+
+def keep_key_terms(question: str, rewrite: str) -> str:
+    """The rewrite with any of the question's own content terms it dropped put back at its end."""
+    lowered = rewrite.lower()
+    present = terms(rewrite)
+    missing = [t for t in sorted(key_terms(question)) if not (t in lowered if has_han(t) else t in present)]
+    if not missing:
+        return rewrite
+    glue = "" if has_han(rewrite) and all(has_han(t) for t in missing) else " "
+    return rewrite + glue + glue.join(missing)
+
+
+def usable_rewrite(question: str, rewrite: str) -> str | None:
+    """The rewrite to search with, or None when it must be discarded (empty, another language, too long)."""
+    if not rewrite:
+        return None
+    if detect_language(rewrite) != detect_language(question):
+        return None
+    if len(rewrite) > 2 * len(question) + MAX_GROWTH_CHARS:
+        return None
+    return keep_key_terms(question, rewrite)
+
+
+def condense_by_rules(question: str, history: Sequence[ChatMessage]) -> Condensed:
+    """The decision without a model: a follow-up is searched together with the previous user turn."""
+    turns = [m for m in history if m.role in ("user", "assistant")]
+    if not turns:
+        return Condensed(question, "none")
+    dependence = history_dependence(question)
+    if not dependence.depends:
+        return Condensed(question, "none", dependence.reason)
+    return Condensed(fallback_query(question, turns), "fallback", dependence.reason)
 
 
 class Condenser:
@@ -45,10 +97,9 @@ class Condenser:
 
     async def condense(self, question: str, history: Sequence[ChatMessage]) -> Condensed:
         turns = [m for m in history if m.role in ("user", "assistant")][-self._max_turns :]
-        if not turns:
-            return Condensed(question, "none")
-        if self._generator is None:
-            return Condensed(fallback_query(question, turns), "fallback")
+        ruled = condense_by_rules(question, turns)
+        if not ruled.condensed or self._generator is None:
+            return ruled
         prompt = self._template.render(history=turns, question=question).strip()
         try:
             result = await asyncio.wait_for(
@@ -57,12 +108,12 @@ class Condenser:
         # The rewrite is an optimisation: whatever goes wrong with the model, the fallback still searches.
         except Exception as exc:  # noqa: BLE001
             log.warning("condense fell back (%s: %s)", type(exc).__name__, exc)
-            return Condensed(fallback_query(question, turns), "fallback")
-        query = _clean(result.text)
-        if not query or len(query) > 4 * len(question) + 200:
+            return ruled
+        query = usable_rewrite(question, _clean(result.text))
+        if query is None:
             log.info("condense fell back: unusable rewrite %r", result.text[:200])
-            return Condensed(fallback_query(question, turns), "fallback")
-        return Condensed(query, "llm")
+            return ruled
+        return Condensed(query, "llm", ruled.reason)
 
 
 def _clean(text: str) -> str:
@@ -70,7 +121,7 @@ def _clean(text: str) -> str:
     if not lines:
         return ""
     first = lines[0]
-    for prefix in ("standalone query:", "query:"):
+    for prefix in ("standalone query:", "query:", "standalone question:", "独立查询：", "查询：", "问题："):
         if first.lower().startswith(prefix):
             first = first[len(prefix) :].strip()
     return first.strip().strip('"“”')

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.protocols import Embedder, Reranker, RerankerUnavailable, VectorStore
 from core.text import detect_language
 from core.tracing import stage
 from core.types import Chunk, RelevanceThresholds, ScoredChunk, SearchFilter, SearchMode
 from retrieval.context import Source, assemble_context
+from retrieval.fusion import Candidates, fuse_candidates
 from retrieval.relevance import Relevance, lexical_coverage
 
 log = logging.getLogger(__name__)
@@ -29,18 +30,8 @@ class Retrieval:
     # True when hits were found but none was relevant enough: the generator must refuse, not guess.
     no_relevant_context: bool = False
     reranked: bool = False
-
-
-@dataclass
-class Candidates:
-    """Ranked hits before context assembly: what `kb eval retrieval` scores."""
-
-    language: str
-    mode: SearchMode
-    hits: list[ScoredChunk]
-    vector: list[float] | None
-    timings: dict[str, float]
-    reranked: bool
+    # The standalone rewrite searched beside the question, when the question was a follow-up.
+    rewrite: str | None = None
 
 
 class QueryPipeline:
@@ -154,19 +145,24 @@ class QueryPipeline:
 
     def search(
         self, question: str, *, flt: SearchFilter, kb: str = "default", top_k: int = 5,
-        mode: SearchMode | None = None,
+        mode: SearchMode | None = None, rewrite: str | None = None,
     ) -> Retrieval:  # fmt: skip
-        """`flt.access` is the caller's: there is no default, so forgetting it is an error, not "everyone"."""
-        found = self.candidates(question, kb=kb, limit=max(top_k, self._candidates), mode=mode, flt=flt)
+        """`flt.access` is the caller's: there is no default, so forgetting it is an error, not "everyone".
+
+        `rewrite`: the question made standalone from its conversation. It is searched beside the question
+        as asked and the two rankings are fused, so a rewrite that went astray cannot take away what the
+        question finds by itself; the context counts as relevant when it is relevant to either."""
+        queries = [question] if not rewrite or rewrite.strip() == question.strip() else [rewrite, question]
+        limit = max(top_k, self._candidates)
+        founds = [self.candidates(q, kb=kb, limit=limit, mode=mode, flt=flt) for q in queries]
+        # The answer's language is the question's, whatever language the conversation was in.
+        found = founds[0] if len(founds) == 1 else replace(fuse_candidates(founds), language=founds[-1].language)
         timings = found.timings
         hits = found.hits[:top_k]
         with stage(timings, "relevance"):
-            relevance = self.relevance(kb, question, found, top_k)
-        thresholds = self.thresholds_for(found.language)
-        no_relevant = bool(hits) and relevance.below(thresholds.of(relevance.kind))
-        if hits and not no_relevant and relevance.kind == "cosine" and thresholds.cosine_lexical > 0:
-            coverage = lexical_coverage(question, [h.chunk.text for h in hits])
-            no_relevant = coverage is None or coverage < thresholds.cosine_lexical
+            pairs = zip(queries, founds, strict=True)
+            judged = [self._judge(kb, q, replace(f, hits=found.hits), top_k) for q, f in pairs]
+        relevance, no_relevant = next(((r, n) for r, n in judged if not n), judged[0])
         if no_relevant:
             log.info("no relevant context: best %s relevance %s", relevance.kind, relevance.value)
         with stage(timings, "context"):
@@ -174,7 +170,19 @@ class QueryPipeline:
         return Retrieval(
             question=question, language=found.language, mode=found.mode, hits=hits, sources=sources,
             timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,
+            rewrite=queries[0] if len(queries) > 1 else None,
         )  # fmt: skip
+
+    def _judge(self, kb: str, question: str, found: Candidates, top_k: int) -> tuple[Relevance, bool]:
+        """How relevant the top hits are to `question`, and whether that is too little to answer from."""
+        hits = found.hits[:top_k]
+        relevance = self.relevance(kb, question, found, top_k)
+        thresholds = self.thresholds_for(found.language)
+        no_relevant = bool(hits) and relevance.below(thresholds.of(relevance.kind))
+        if hits and not no_relevant and relevance.kind == "cosine" and thresholds.cosine_lexical > 0:
+            coverage = lexical_coverage(question, [h.chunk.text for h in hits])
+            no_relevant = coverage is None or coverage < thresholds.cosine_lexical
+        return relevance, no_relevant
 
     def context(
         self, kb: str, hits: Sequence[ScoredChunk], flt: SearchFilter, *, expand: int | None = None

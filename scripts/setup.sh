@@ -12,14 +12,19 @@ WITH_LLM=${WITH_LLM:-1}
 
 # System packages (OCR, LibreOffice, libmagic): installed when missing and we may; otherwise kb still runs
 # and names what is missing when a file needs it.
-if ! command -v tesseract >/dev/null || ! command -v soffice >/dev/null; then
+# Checked per package, so a machine that has some of them (OCR but no chromium) still gets the rest.
+missing=()
+while read -r pkg; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done < <(grep -v '^#' scripts/system-packages.txt | grep -v '^$')
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing system packages (scripts/system-packages.txt)" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    grep -v '^#' scripts/system-packages.txt | xargs apt-get install -y -qq --no-install-recommends >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: note: install $(grep -v '^#' scripts/system-packages.txt | tr '\n' ' ')for OCR and legacy office files" >&2
+    echo "setup: note: install ${missing[*]} (OCR, legacy office files, test servers, the browser tests)" >&2
   fi
 fi
 

@@ -57,7 +57,7 @@ def send_together(pages: list[Any], lead_ms: int = 3000) -> None:
 
 def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: .ci/run installs it with apt-get (apt-get install chromium)")
+        pytest.fail("chromium is not installed: `make setup` installs it as root (or: apt-get install chromium)")
 
 
 def shot(page: Any, name: str) -> Path:

@@ -217,7 +217,7 @@ def test_chat_ui_is_served(stack: Stack) -> None:
 
 def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
     if not shutil.which("chromium"):
-        pytest.fail("chromium is not installed: .ci/run installs it with apt-get (apt-get install chromium)")
+        pytest.fail("chromium is not installed: `make setup` installs it as root (or: apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:

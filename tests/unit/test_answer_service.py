@@ -435,9 +435,18 @@ def test_history_goes_to_the_model_between_instructions_and_question() -> None:
     assert [m.role for m in call.messages] == ["system", *(m.role for m in HISTORY), "user"]
     assert call.messages[1:-1] == HISTORY  # the last six turns, in order
     assert "Can unused leave be carried over?" in call.messages[-1].content
-    # Without a condenser, retrieval searches with the previous user turn and the question together.
-    assert kb.store.searches[-1].query == f"{HISTORY[4].content}\nCan unused leave be carried over?"
+    # A question with a subject of its own is searched as asked: the history does not change the search.
+    assert [s.query for s in kb.store.searches] == ["Can unused leave be carried over?"]
+    assert answer.timings["condensed"] is False
     assert [c.doc_id for c in answer.citations] == ["leave-policy.md"]
+
+
+def test_without_a_condenser_a_follow_up_is_searched_with_the_previous_turn_beside_it() -> None:
+    kb = make_kb(cite(("Unused leave can be carried over until March", CARRY)))
+    answer = ask(kb, Question(access=ALL, text="And can it be carried over?", history=HISTORY))
+    queries = [s.query for s in kb.store.searches]
+    assert queries == [f"{HISTORY[4].content}\nAnd can it be carried over?", "And can it be carried over?"]
+    assert answer.timings["condensed"] is True
 
 
 def test_a_follow_up_is_condensed_by_the_model_before_retrieval() -> None:
@@ -445,10 +454,23 @@ def test_a_follow_up_is_condensed_by_the_model_before_retrieval() -> None:
     events = stream(kb, Question(access=ALL, text="And if I forgot it?", history=HISTORY[:2]))
     condense, answer = kb.generator.calls
     assert condense.pattern is None and not condense.streamed and "And if I forgot it?" in condense.messages[0].content
-    assert kb.store.searches[-1].query == "How do I reset a forgotten VPN password?"
+    # The rewrite keeps the question's own term ("forgot") and is searched beside the question as asked.
+    queries = [s.query for s in kb.store.searches]
+    assert queries == ["How do I reset a forgotten VPN password? forgot", "And if I forgot it?"]
     assert answer.streamed and answer.messages[1:-1] == HISTORY[:2]
     assert docs(payload(events, "citations")["citations"]) == ["vpn-guide.md"]
-    assert "condense_ms" in payload(events, "done")["timings"]  # type: ignore[operator]
+    timings = payload(events, "done")["timings"]
+    assert isinstance(timings, dict) and "condense_ms" in timings and timings["condensed"] is True
+
+
+def test_a_self_contained_question_after_another_topic_is_not_rewritten() -> None:
+    # The rewrite would drag the question back to the VPN topic: it must not even be asked for.
+    kb = make_kb(cite(("报销单须在30天内提交", EXPENSE_ZH), end="。"), condense=True)
+    answer = ask(kb, Question(access=ALL, text="报销需要在多少天内提交？", history=HISTORY[:2]))
+    (call,) = kb.generator.calls  # the answer only: no condense call
+    assert "报销需要在多少天内提交？" in call.messages[-1].content
+    assert [s.query for s in kb.store.searches] == ["报销需要在多少天内提交？"]
+    assert "condense_ms" not in answer.timings and answer.timings["condensed"] is False
 
 
 # -- access control and hidden versions ----------------------------------------------------------------
