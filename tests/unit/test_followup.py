@@ -122,7 +122,7 @@ def test_fusion_ranks_what_both_searches_find_first_and_the_first_ranking_wins_t
     rewrite = _ranking(_hit("a", 0.9), _hit("b", 0.5), _hit("c", 0.4))
     asked = _ranking(_hit("d", 0.8), _hit("b", 0.7), _hit("e", 0.1))
     fused = fuse_candidates([rewrite, asked])
-    assert [h.chunk.chunk_id for h in fused.hits] == ["b", "a", "d"]
+    assert [h.chunk.chunk_id for h in fused.hits] == ["b", "a", "d", "c", "e"]
     # The best score of its kind survives, and the stages' durations add up.
     assert fused.hits[0].score == 0.7 and fused.timings == {"embed_ms": 2.0} and fused.reranked
 
