@@ -24,7 +24,7 @@ from app.auth.roles import Permission
 from app.container import Container
 from app.errors import KBError, NotFound
 from app.limits import check_question
-from app.schemas import AskRequest, SearchRequest
+from app.schemas import AskRequest, HistoryMessage, SearchRequest
 from core.names import KB_NAME_PATTERN
 from core.types import Chunk, ScoredChunk, SearchMode
 from ingest.registry import DocumentRow, KnowledgeBase
@@ -56,6 +56,10 @@ class AskArgs(BaseModel):
 
     question: str = Field(min_length=1, max_length=4000)
     kb: str = _KB
+    history: list[HistoryMessage] = Field(
+        default_factory=list,
+        description="the conversation so far, oldest first: a follow-up question is read in its light",
+    )
 
 
 class ListDocumentsArgs(BaseModel):
@@ -169,11 +173,12 @@ class KbTools:
         caller = call.caller
         caller.require(Permission.ask)
         args = AskArgs.model_validate(arguments)
-        body = AskRequest(question=args.question, kb=args.kb)
-        # The same gate as /ask and /v1/chat/completions.
+        body = AskRequest(question=args.question, kb=args.kb, history=args.history)
+        history = [m.chat() for m in body.history]
+        # The same gate as /ask and /v1/chat/completions, and the same reading of a follow-up.
         asking = Asking(call.gate, caller, actor=call.actor)
-        await asking.admit(kb=body.kb, question=body.question, history=[])
-        answer = await asking.answer(Question(text=body.question, access=caller.access, kb=body.kb))
+        await asking.admit(kb=body.kb, question=body.question, history=history)
+        answer = await asking.answer(Question(text=body.question, access=caller.access, kb=body.kb, history=history))
         return {
             "answer": answer.answer,
             "citations": [c.model_dump() for c in answer.citations],

@@ -186,6 +186,38 @@ def eval_refusal(  # noqa: PLR0917  (Typer options)
     _print(report, report.text(), as_json=as_json, output=output)
 
 
+@eval_cli.command("followup")
+def eval_followup(  # noqa: PLR0917  (Typer options)
+    dataset: DatasetOpt,
+    followups: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Follow-up questions (jsonl); default: kb's own set for the data set's folder name."),
+    ] = None,
+    other: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="A QA data set in the other language: also switch from its questions."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many topic-switch questions.")] = 200,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Top source of second questions in a conversation: topic switches and follow-ups, searched alone,
+    always rewritten (kb before follow-ups were judged) and as kb searches them (evaluation/followup_eval.py)."""
+    from evaluation.datasets import DatasetError, load_qa
+    from evaluation.followup_eval import evaluate_followups, load_followups, packaged_followups, switches
+
+    try:
+        data = load_qa(dataset)
+        turns = {"switch": switches(data, limit)}
+        if other is not None:
+            turns["switch from the other language"] = switches(data, limit, load_qa(other))
+        turns["follow-up"] = load_followups(followups or packaged_followups(dataset.name), data)
+    except (DatasetError, OSError) as exc:
+        fail(str(exc), 2)
+    report = evaluate_followups(load_settings(), data, turns, progress=_progress)
+    _print(report, report.table(), as_json=as_json, output=output)
+
+
 # -- kb bench -----------------------------------------------------------------------------------------
 
 

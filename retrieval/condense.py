@@ -98,8 +98,15 @@ class Condenser:
     async def condense(self, question: str, history: Sequence[ChatMessage]) -> Condensed:
         turns = [m for m in history if m.role in ("user", "assistant")][-self._max_turns :]
         ruled = condense_by_rules(question, turns)
-        if not ruled.condensed or self._generator is None:
+        if not ruled.condensed:
             return ruled
+        return await self.rewrite(question, turns, ruled)
+
+    async def rewrite(self, question: str, history: Sequence[ChatMessage], fallback: Condensed) -> Condensed:
+        """The model's standalone query for `question`, or `fallback` when there is no usable one."""
+        turns = [m for m in history if m.role in ("user", "assistant")][-self._max_turns :]
+        if self._generator is None:
+            return fallback
         prompt = self._template.render(history=turns, question=question).strip()
         try:
             result = await asyncio.wait_for(
@@ -108,12 +115,12 @@ class Condenser:
         # The rewrite is an optimisation: whatever goes wrong with the model, the fallback still searches.
         except Exception as exc:  # noqa: BLE001
             log.warning("condense fell back (%s: %s)", type(exc).__name__, exc)
-            return ruled
+            return fallback
         query = usable_rewrite(question, _clean(result.text))
         if query is None:
             log.info("condense fell back: unusable rewrite %r", result.text[:200])
-            return ruled
-        return Condensed(query, "llm", ruled.reason)
+            return fallback
+        return Condensed(query, "llm", fallback.reason)
 
 
 def _clean(text: str) -> str:

@@ -73,7 +73,7 @@ _ZH_GENERIC = _words(
     "是 有 在 会 能 要 可以 需要 应该 做 进行 完成 发生 开始 结束 持续 成立 建立 建造 建成 出生 去世 死 死亡 花 花费 "
     "耗时 用 使用 叫 称为 位于 属于 举行 发现 发明 创立 创建 获得 得到 赢得 包括 出现 存在 达到 增加 减少 成为 变成 "
     "导致 造成 影响 去 来 到 给 拿 买 卖 付 支付 时候 时间 人 人们 钱 年 天 月 次 问题 情况 东西 事情 方面 地方 原因 "
-    "结果 方式 办法 多久 多长时间 具体 详细 一下 说 讲 介绍 解释"
+    "结果 方式 办法 怎么办 多久 多长时间 具体 详细 一下 说 讲 介绍 解释"
 )
 
 
@@ -160,6 +160,14 @@ def _chinese(text: str) -> Dependence:
         # A pronoun after a name of the question's own points inside it ("特斯拉是如何资助他的工作的？").
         if not (any(name(f) for _, f in before) or sum(subject(w, f) for w, f in before) >= 2):
             return Dependence(True, "pronoun")
-    if not any(subject(w, f) for w, f in pairs):
+    subjects = [i for i, (w, f) in enumerate(pairs) if subject(w, f)]
+    if not subjects:
         return Dependence(True, "no_subject")
+    # A lone verb that opens the question is its topic ("还款需要多久？"); one after a modal or done
+    # (了, 过, 着) is the predicate of something unnamed: "需要谁审批？" (whose approval?), "超过了怎么办？".
+    (first, *rest) = subjects
+    if not rest and pairs[first][1] == "v":
+        done = first + 1 < len(pairs) and pairs[first + 1][0] in ("了", "过", "着")
+        if first > 0 or done:
+            return Dependence(True, "no_subject")
     return SELF_CONTAINED

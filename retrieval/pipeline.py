@@ -92,15 +92,18 @@ class QueryPipeline:
 
     def candidates(
         self, question: str, *, flt: SearchFilter, kb: str = "default", limit: int | None = None,
-        mode: SearchMode | None = None, rerank: bool = True,
+        mode: SearchMode | None = None, rerank: bool = True, vector: list[float] | None = None,
     ) -> Candidates:  # fmt: skip
-        """Embed, search and (when a reranker is loaded and `rerank`) rerank: the ranked hits."""
+        """Embed, search and (when a reranker is loaded and `rerank`) rerank: the ranked hits.
+
+        `vector`: the question's query embedding when the caller has already computed it."""
         timings: dict[str, float] = {}
         language = detect_language(question)
         effective = self.effective_mode(mode or self._mode, language)
         limit = limit or self._candidates
-        vector = None
-        if effective != "bm25":
+        if effective == "bm25":
+            vector = None
+        elif vector is None:
             with stage(timings, "embed"):
                 vector = self._embedder.embed([question], "query")[0]
         with stage(timings, "search"):
@@ -154,10 +157,14 @@ class QueryPipeline:
         question finds by itself; the context counts as relevant when it is relevant to either."""
         queries = [question] if not rewrite or rewrite.strip() == question.strip() else [rewrite, question]
         limit = max(top_k, self._candidates)
-        founds = [self.candidates(q, kb=kb, limit=limit, mode=mode, flt=flt) for q in queries]
+        embed_timings: dict[str, float] = {}
+        vectors = self._embed_together(queries, mode, embed_timings) if len(queries) > 1 else {}
+        founds = [self.candidates(q, kb=kb, limit=limit, mode=mode, flt=flt, vector=vectors.get(q)) for q in queries]
         # The answer's language is the question's, whatever language the conversation was in.
         found = founds[0] if len(founds) == 1 else replace(fuse_candidates(founds), language=founds[-1].language)
         timings = found.timings
+        for name, value in embed_timings.items():
+            timings[name] = timings.get(name, 0.0) + value
         hits = found.hits[:top_k]
         with stage(timings, "relevance"):
             pairs = zip(queries, founds, strict=True)
@@ -172,6 +179,17 @@ class QueryPipeline:
             timings=timings, relevance=relevance, no_relevant_context=no_relevant, reranked=found.reranked,
             rewrite=queries[0] if len(queries) > 1 else None,
         )  # fmt: skip
+
+    def _embed_together(
+        self, queries: list[str], mode: SearchMode | None, timings: dict[str, float]
+    ) -> dict[str, list[float]]:
+        """The query embeddings of the queries that are searched densely, in one batch: one model call, not one
+        a query."""
+        dense = [q for q in queries if self.effective_mode(mode or self._mode, detect_language(q)) != "bm25"]
+        if not dense:
+            return {}
+        with stage(timings, "embed"):
+            return dict(zip(dense, self._embedder.embed(dense, "query"), strict=True))
 
     def _judge(self, kb: str, question: str, found: Candidates, top_k: int) -> tuple[Relevance, bool]:
         """How relevant the top hits are to `question`, and whether that is too little to answer from."""

@@ -164,6 +164,29 @@ def test_http_ask_answers_with_citations(setup: Setup) -> None:
     assert "[1]" in body["answer"]
 
 
+def test_http_ask_reads_a_follow_up_in_the_light_of_its_history(setup: Setup) -> None:
+    history = [
+        {"role": "user", "content": "What is the Falcon programme budget?"},
+        {"role": "assistant", "content": "4.2 million euros [1]."},
+    ]
+    question = "And who approved it?"
+
+    async def body(client: Client) -> tuple[Any, Any]:
+        alone = data(await client.call_tool("ask", {"question": question}))
+        followed = data(await client.call_tool("ask", {"question": question, "history": history}))
+        return alone, followed
+
+    alone, followed = run(http_client(setup, setup.admin), body)
+    # Searched beside the question it follows, the follow-up finds the budget; alone it has no subject.
+    assert followed["citations"] and followed["citations"][0]["doc_id"] == "falcon-budget.md", followed
+    assert alone["refused"] or alone["citations"][0]["doc_id"] != "falcon-budget.md", alone
+    bad = run(
+        http_client(setup, setup.admin),
+        lambda c: c.call_tool("ask", {"question": question, "history": [{"role": "system", "content": "x"}]}),
+    )
+    assert "history" in error_text(bad)
+
+
 def test_http_documents_the_key_may_not_read_look_missing(setup: Setup) -> None:
     async def body(client: Client) -> dict[str, Any]:
         return {

@@ -28,6 +28,8 @@ FOLLOW_UPS = [
     ("还有哪些类别？", "continuation"),
     ("病假呢？", "continuation"),
     ("它的预算是多少？", "pronoun"),
+    ("需要谁审批？", "no_subject"),
+    ("超过了怎么办？", "no_subject"),
     ("该项目的预算是多少？", "pronoun"),
     ("他们是什么时候成立的？", "pronoun"),
     ("这个项目花了多少钱？", "pronoun"),
