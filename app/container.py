@@ -8,15 +8,18 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.answering import AnswerService
-from app.audit import AuditLog
-from app.auth.admin import KeyManager
-from app.auth.keys import KeyStore
-from app.feedback import FeedbackLog, settings_digest
-from app.kbs import KnowledgeBases, Reindexing
-from app.library import Library
-from app.metrics import Metrics
-from app.sensitive import SensitiveTerms
+from app.access.admin import KeyManager
+from app.access.keys import KeyStore
+from app.answers.gate import Gate
+from app.answers.sensitive import SensitiveTerms
+from app.answers.service import AnswerService
+from app.audit.trail import AuditLog
+from app.documents.library import Library
+from app.feedback.service import FeedbackLog, settings_digest
+from app.kbs.service import KnowledgeBases, Reindexing
+from app.ops.limits import AnswerSlots
+from app.ops.metrics import Metrics
+from app.ops.ratelimit import RateLimiter
 from app.settings import Settings
 from core.protocols import Reranker
 from core.text import LANGUAGES
@@ -345,6 +348,7 @@ class Container:
             answer_mode=self.settings.llm.answer_mode,
             extractive_sentences=self.settings.llm.extractive_sentences,
             condenser=self.condenser,
+            followup_gain=self.settings.retrieval.followup_gain,
             observer=self.metrics,
         )
 
@@ -360,6 +364,13 @@ class Container:
     @cached_property
     def prompts(self) -> PromptBook:
         return PromptBook()
+
+    def gate(self, limiter: RateLimiter, slots: AnswerSlots) -> Gate:
+        """The gate every answer of a process passes (app/answers/gate.py), around its limiter and slots."""
+        return Gate(
+            answers=self.answers, audit=self.audit, sensitive=self.sensitive, feedback=self.feedback,
+            metrics=self.metrics, limits=self.settings.limits, limiter=limiter, slots=slots,
+        )  # fmt: skip
 
     @cached_property
     def condenser(self) -> Condenser | None:

@@ -229,7 +229,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # This handler runs outside every middleware, so it sets the request id header itself.
         rid = _request_id(request)
-        # The trace id, when tracing is on, comes the same way (app/tracing.py's TraceIds puts it there).
+        # The trace id, when tracing is on, comes the same way (app/ops/tracing.py's TraceIds puts it there).
         trace_id = str(getattr(request.state, "trace_id", ""))
         extra = {"request_id": rid, "method": request.method, "path": request.url.path}
         log.exception("unhandled error", extra=extra | ({"trace_id": trace_id} if trace_id else {}))

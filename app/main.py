@@ -9,33 +9,31 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from app.api import (
-    admin_kbs,
-    admin_keys,
-    ask,
-    audit,
-    documents,
-    feedback,
-    health,
-    job_progress,
-    jobs_cancel,
-    me,
-    metrics,
-    openai_compat,
-    search,
-)
-from app.auth.middleware import AuthMiddleware, public_paths
+from app.access import me_router
+from app.access import router as admin_keys
+from app.access.middleware import AuthMiddleware, public_paths
+from app.answers import router as ask
+from app.answers import search_router as search
+from app.audit import router as audit
 from app.container import Container
+from app.documents import job_events_router as job_progress
+from app.documents import jobs_router as jobs_cancel
+from app.documents import router as documents
+from app.documents.uploads import UploadLimits
 from app.errors import ERROR_RESPONSES, install_error_handlers
-from app.limits import AnswerSlots, BodySizeLimit
-from app.mcp_server import HttpMcp
-from app.metrics import MetricsMiddleware
-from app.ratelimit import RateLimiter
-from app.readiness import Readiness, container_checks
-from app.request_context import RequestContext
+from app.feedback import router as feedback
+from app.integrations.mcp.server import HttpMcp
+from app.integrations.openai import router as openai_compat
+from app.kbs import router as admin_kbs
+from app.ops import health_router as health
+from app.ops import metrics_router as metrics
+from app.ops.limits import AnswerSlots, BodySizeLimit
+from app.ops.metrics import MetricsMiddleware
+from app.ops.ratelimit import RateLimiter
+from app.ops.readiness import Components, Readiness, component_checks
+from app.ops.request_middleware import RequestContext
+from app.ops.tracing import TraceIds, configure_tracing, fastapi_telemetry
 from app.settings import Settings
-from app.tracing import TraceIds, configure_tracing, fastapi_telemetry
-from app.uploads import UploadLimits
 from app.worker import WorkerSupervisor, run_worker
 
 log = logging.getLogger(__name__)
@@ -81,8 +79,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
+    app.state.gate = container.gate(app.state.rate_limiter, app.state.answer_slots)
     timeout_s = settings.limits.readiness_timeout_s
-    checks = container_checks(container, worker=lambda: app.state.worker, timeout_s=timeout_s)
+    components = Components(
+        warmed_up=lambda: container.warmed_up, engine=lambda: container.registry.engine, store=lambda: container.store,
+        embedder=lambda: container.embedder, generator=lambda: container.generator, worker=lambda: app.state.worker,
+    )  # fmt: skip
+    checks = component_checks(components, timeout_s=timeout_s)
     app.state.readiness = Readiness(checks, timeout_s=timeout_s)
     install_error_handlers(app)
     # Added first, so innermost: its 413 carries the request id. The UI's
@@ -118,7 +121,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.include_router(health.router)
     app.include_router(ask.router)
     app.include_router(search.router)
-    app.include_router(me.router)
+    app.include_router(me_router.router)
     app.include_router(admin_keys.router)
     app.include_router(audit.router)
     app.include_router(admin_kbs.router)

@@ -226,6 +226,11 @@ class RetrievalSettings(BaseModel):
     min_relevance: RelevanceThresholds = RelevanceThresholds()
     # Rewrite a follow-up question with its history into a standalone query (LLM, with a fallback).
     condense: bool = True
+    # A question with no pronoun or ellipsis of its own that an earlier question makes this much more
+    # relevant (best-hit relevance with the previous user turn minus without it, same measure) is taken
+    # for a follow-up all the same ("How many quadrangles are there?"); 0 turns the check off. A topic
+    # switch gains nothing or loses: its own words find its document (docs/BENCHMARKS.md, kb eval followup).
+    followup_gain: float = Field(0.15, ge=0, le=1)
 
 
 class APISettings(BaseModel):

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def run_worker(container: Container, stop: threading.Event | None = None, *, until_idle: bool = False) -> int:
     """Work the job queue and the purge schedule until `stop` is set (or idle); returns the jobs run."""
-    from app.tracing import configure_tracing
+    from app.ops.tracing import configure_tracing
 
     # A span per job and per file when tracing is on (the API has installed its provider already).
     configure_tracing(container.settings.tracing)
@@ -136,7 +136,7 @@ def ensure_worker(container: Container) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from app.container import Container
-    from app.logs import configure_logging
+    from app.ops.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m app.worker", description="kb's ingestion worker")
     parser.add_argument("--until-idle", action="store_true", help="exit when no job is queued and no purge is pending")

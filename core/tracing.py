@@ -1,8 +1,8 @@
 """The one seam between kb's stages and their traces.
 
 `stage(timings, name)` times a stage into the `timings` dict that answers carry and the per-stage latency
-histogram observes (app/metrics.py), and opens an OpenTelemetry span of the same name around it. The spans
-go through opentelemetry-api only: until the application installs an SDK tracer provider (app/tracing.py,
+histogram observes (app/ops/metrics.py), and opens an OpenTelemetry span of the same name around it. The spans
+go through opentelemetry-api only: until the application installs an SDK tracer provider (app/ops/tracing.py,
 `KB_TRACING__ENABLED`) they are non-recording and cost next to nothing.
 """
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.answering import Question
+from app.answers.service import Question
 from app.container import Container
 from app.settings import Settings
 from evaluation.access import EVERYTHING

@@ -27,7 +27,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from app.answering import Question
+from app.answers.service import Question
 from app.container import Container
 from app.settings import Settings
 from core.types import Access, ChatMessage

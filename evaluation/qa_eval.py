@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from app.answering import AnswerService, Question
+from app.answers.service import AnswerService, Question
 from app.settings import Settings
 from core.types import Answer, SearchMode
 from evaluation.access import EVERYTHING

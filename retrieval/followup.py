@@ -21,7 +21,8 @@ from typing import Literal
 from core.text import english_stop_words, has_han
 from retrieval.relevance import terms
 
-Reason = Literal["self_contained", "pronoun", "continuation", "no_subject"]
+# context_gain: no marker of its own, but the previous question makes it far more findable (app/answers).
+Reason = Literal["self_contained", "pronoun", "continuation", "no_subject", "context_gain"]
 
 
 def _words(text: str) -> frozenset[str]:

@@ -180,6 +180,25 @@ class QueryPipeline:
             rewrite=queries[0] if len(queries) > 1 else None,
         )  # fmt: skip
 
+    def context_gain(
+        self, question: str, probe: str, *, flt: SearchFilter, kb: str = "default", top_k: int = 5,
+        mode: SearchMode | None = None,
+    ) -> float | None:  # fmt: skip
+        """How much more relevant the best hits of `probe` (the question with the conversation before it)
+        are than the question's own: None when the two are not measured alike (another relevance kind)."""
+        queries = [probe, question]
+        timings: dict[str, float] = {}
+        vectors = self._embed_together(queries, mode, timings)
+        limit = max(top_k, self._candidates)
+        scored = []
+        for q in queries:
+            found = self.candidates(q, kb=kb, limit=limit, mode=mode, flt=flt, vector=vectors.get(q))
+            scored.append(self.relevance(kb, q, found, top_k))
+        with_context, alone = scored
+        if with_context.kind != alone.kind or with_context.value is None:
+            return None
+        return with_context.value - (alone.value or 0.0)
+
     def _embed_together(
         self, queries: list[str], mode: SearchMode | None, timings: dict[str, float]
     ) -> dict[str, list[float]]:

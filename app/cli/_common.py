@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 import typer
 from pydantic import ValidationError
 
-from app.logs import configure_logging
+from app.ops.logs import configure_logging
 from app.settings import Settings
 
 log = logging.getLogger("kb")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from app.cli._common import JsonOpt, cli, emit, fail, load_settings
-from app.durations import parse_moment
+from app.ops.durations import parse_moment
 
 
 @cli.command("audit")

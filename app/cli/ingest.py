@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
-from app.audit import Action, Actor
+from app.audit.trail import Action, Actor
 from app.cli._common import JsonOpt, KbOpt, cli, emit, fail, load_settings
 from app.settings import Settings
 
@@ -220,7 +220,7 @@ def worker(
 
 
 def _work(until_idle: bool, concurrency: int | None = None) -> None:
-    from app.logs import configure_logging
+    from app.ops.logs import configure_logging
     from app.worker import run_worker
 
     settings = load_settings()

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from app.audit import Actor
+from app.audit.trail import Actor
 from app.cli._common import JsonOpt, cli, emit, fail, load_settings
 
 if TYPE_CHECKING:
-    from app.kbs import KbInfo, KnowledgeBases
+    from app.kbs.service import KbInfo, KnowledgeBases
 
 kbs_cli = typer.Typer(
     help="Knowledge bases: create, list (with document counts), update, delete.", no_args_is_help=True

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from app.cli._common import JsonOpt, cli, emit, fail, load_settings
-from app.durations import parse_duration
+from app.ops.durations import parse_duration
 
 if TYPE_CHECKING:
-    from app.auth.admin import KeyManager
-    from app.auth.keys import KeyInfo
+    from app.access.admin import KeyManager
+    from app.access.keys import KeyInfo
 
 keys_cli = typer.Typer(help="API keys: create (shown once), list, revoke, rotate.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
@@ -57,7 +57,7 @@ def create(  # noqa: PLR0917 - typer maps parameters to options
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key. The secret is printed once; only its salted hash is stored."""
-    from app.audit import Actor
+    from app.audit.trail import Actor
     from app.errors import InvalidRequest, KBError
 
     try:
@@ -90,7 +90,7 @@ def revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    from app.audit import Actor
+    from app.audit.trail import Actor
     from app.errors import KBError
 
     try:
@@ -106,7 +106,7 @@ def rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Give a key a new secret (printed once); the old secret stops working at once."""
-    from app.audit import Actor
+    from app.audit.trail import Actor
     from app.errors import KBError
 
     try:

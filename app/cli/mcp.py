@@ -24,7 +24,7 @@ def mcp(
     import anyio
 
     from app.container import Container
-    from app.mcp_server import key_principal, serve_stdio
+    from app.integrations.mcp.server import key_principal, serve_stdio
 
     if not stdio:
         fail("kb mcp serves stdio only (--stdio); over HTTP the API serves MCP at /mcp (`kb serve`, `kb up`)", 2)

@@ -33,8 +33,8 @@ def search(  # noqa: PLR0917  (Typer options)
     as_json: JsonOpt = False,
 ) -> None:
     """Show the ranked chunks for a query, without calling the model."""
+    from app.answers.models import SearchResponse
     from app.container import Container
-    from app.schemas import SearchResponse
 
     container = Container(load_settings())
     r = container.query.search(
@@ -68,7 +68,7 @@ def ask(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from the knowledge base, with citations."""
-    from app.answering import Question
+    from app.answers.service import Question
     from app.container import Container
 
     if not question.strip():

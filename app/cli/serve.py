@@ -47,7 +47,7 @@ def serve(
 @serve_cli.command("llm")
 def serve_llm() -> None:
     """Start the vLLM model server alone and keep it running until Ctrl-C."""
-    from app.stack import llm_server, prepare_llm
+    from app.cli.stack import llm_server, prepare_llm
     from serving.launcher import LaunchError
     from serving.models import ModelPrepareError
 
@@ -87,8 +87,8 @@ def stop_on_sigterm() -> None:
 @cli.command()
 def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.")] = False) -> None:
     """Start the whole embedded stack: Milvus Lite, the model server, the API and the UI."""
+    from app.cli.stack import EmbeddedStack
     from app.container import Container
-    from app.stack import EmbeddedStack
     from retrieval.milvus_connect import MilvusUnavailable
     from serving.launcher import LaunchError
     from serving.models import ModelPrepareError
@@ -109,7 +109,7 @@ def up(skip_llm: Annotated[bool, typer.Option(help="Do not start a model server.
 
 
 def _bootstrap(settings: Settings, container: Container) -> None:
-    from app.auth.bootstrap import ensure_default_kb, first_admin_key
+    from app.access.bootstrap import ensure_default_kb, first_admin_key
 
     ensure_default_kb(container.registry, settings)
     new = first_admin_key(container.keys, settings)

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

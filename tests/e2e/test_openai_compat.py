@@ -14,9 +14,9 @@ from typing import Any
 import openai
 import pytest
 
-from app.auth.bootstrap import ensure_default_kb
-from app.auth.principal import ALL_KBS
-from app.auth.roles import Role
+from app.access.bootstrap import ensure_default_kb
+from app.access.principal import ALL_KBS
+from app.access.roles import Role
 from app.container import Container
 from serving.launcher import LLMServer
 from tests.api_process import ApiProcess, api_process, shared_home

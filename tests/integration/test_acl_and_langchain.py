@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth.keys import NewKey
-from app.auth.roles import Role
+from app.access.keys import NewKey
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

@@ -21,14 +21,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.audit import AuditEntry
-from app.auth.deps import Searcher
-from app.auth.roles import Role
+from app.access.deps import Searcher
+from app.access.roles import Role
+from app.audit.trail import AuditEntry
 from app.cli import cli
 from app.container import Container
 from app.errors import RateLimited
-from app.logs import JSONFormatter
 from app.main import create_app
+from app.ops.logs import JSONFormatter
 from app.settings import Settings
 from core.procs import free_port, port_open
 from tests.services import BACKENDS, backend_settings, settings_env

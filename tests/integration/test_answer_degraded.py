@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.answering import AnswerService, Question
+from app.answers.service import AnswerService, Question
 from app.container import Container
 from core.procs import free_port
 from serving.generator import OpenAIGenerator

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

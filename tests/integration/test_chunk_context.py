@@ -89,7 +89,7 @@ def test_access_changes_keep_the_header_in_bm25(kbs: dict[bool, Container]) -> N
 
 
 def test_reindex_keeps_the_header_in_vectors_and_bm25(kbs: dict[bool, Container]) -> None:
-    from app.audit import Actor
+    from app.audit.trail import Actor
 
     c = kbs[True]
     c.reindexing.reindex("default", actor=Actor.local_admin())

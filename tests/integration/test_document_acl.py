@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.cli import cli
 from app.container import Container
 from app.main import create_app

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pypdf import PdfWriter
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
 from app.settings import Settings
 from ingest.errors import TooManyPixels

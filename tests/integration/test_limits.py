@@ -21,8 +21,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from app.auth.keys import KeyStore
-from app.auth.roles import Role
+from app.access.keys import KeyStore
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

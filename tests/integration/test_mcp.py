@@ -24,9 +24,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from app.auth.bootstrap import ensure_default_kb
-from app.auth.principal import ALL_KBS
-from app.auth.roles import Role
+from app.access.bootstrap import ensure_default_kb
+from app.access.principal import ALL_KBS
+from app.access.roles import Role
 from app.container import Container
 from core.procs import free_port
 from tests.api_process import KB, ApiProcess, KbHome, api_process, shared_home

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from app.answering import AnswerService
-from app.auth.roles import Role
+from app.access.roles import Role
+from app.answers.service import AnswerService
 from app.container import Container
 from app.main import create_app
 from app.settings import Settings

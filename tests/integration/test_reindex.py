@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from app.audit import Actor
+from app.audit.trail import Actor
 from app.cli import cli
 from app.container import Container
 from app.errors import Conflict, NotFound

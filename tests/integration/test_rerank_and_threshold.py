@@ -96,7 +96,7 @@ def test_bm25_only_chinese_queries_use_lexical_coverage(kb: Container) -> None:
 def test_answer_service_refuses_when_nothing_is_relevant(tmp_path: Path) -> None:
     import asyncio
 
-    from app.answering import Question
+    from app.answers.service import Question
 
     home = tmp_path / "home"
     settings = Settings(

@@ -17,10 +17,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_trace_id
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
-from app.logs import JSONFormatter, TraceContextFilter
 from app.main import create_app
+from app.ops.logs import JSONFormatter, TraceContextFilter
 from app.settings import Settings
 from core.types import RelevanceThresholds
 from tests.conftest import DATA

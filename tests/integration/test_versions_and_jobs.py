@@ -353,7 +353,7 @@ def test_an_api_killed_mid_job_finishes_the_job_when_it_comes_back(tmp_path: Pat
 def test_an_api_killed_mid_upload_leaves_nothing_half_done_and_takes_the_upload_again(tmp_path: Path) -> None:
     """kill -9 of `kb serve` while a multipart upload is still arriving: no job, no document, no chunk comes
     of it; the restarted API takes the same upload whole and indexes it."""
-    from app.auth.roles import Role
+    from app.access.roles import Role
     from tests.api_process import api_process
     from tests.api_process import shared_home as api_home
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from app.answering import _Turn
+from app.answers.service import _Turn
 from core.types import Chunk, ScoredChunk, Usage
 from retrieval.context import Source
 from retrieval.pipeline import Retrieval

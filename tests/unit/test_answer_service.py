@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.answering import AnswerService, Question
+from app.answers.service import AnswerService, Question
 from core.types import Access, Answer, AnswerMode, ChatMessage, Chunk, RelevanceThresholds, ScoredChunk
 from retrieval.condense import Condenser
 from retrieval.pipeline import QueryPipeline
@@ -61,6 +61,7 @@ def make_kb(
     *replies: Reply, fail: Failure = "never", fail_after: int = 1, citation_guard: bool = True,
     thresholds: RelevanceThresholds | None = None, hidden: Sequence[tuple[str, int]] = (("parking.md", 1),),
     condense: bool = False, corpus: bool = True, top_k: int = 3, mode: AnswerMode = "generative",
+    followup_gain: float = 0.0,
 ) -> Kb:  # fmt: skip
     embedder = FakeEmbedder()
     store = FakeVectorStore(dimension=embedder.dimension)
@@ -79,7 +80,7 @@ def make_kb(
     condenser = Condenser(generator, PromptBook().template("condense.j2")) if condense else None
     service = AnswerService(
         query=query, generator=generator, prompts=PromptBook(), top_k=top_k, citation_guard=citation_guard,
-        support=support_scorer(embedder), answer_mode=mode, condenser=condenser,
+        support=support_scorer(embedder), answer_mode=mode, condenser=condenser, followup_gain=followup_gain,
     )  # fmt: skip
     return Kb(service, generator, store, embedder)
 
@@ -590,3 +591,29 @@ def test_a_failing_rerank_service_costs_the_ranking_not_the_answer_and_is_report
     r = pipeline(kb, reranker=DownReranker()).search("forgotten VPN password", flt=EVERYTHING, top_k=3)
     assert r.hits and not r.reranked and "rerank_ms" not in r.timings
     assert r.timings["rerank_unavailable"] == 1.0 and {h.score_kind for h in r.hits} != {"rerank"}
+
+
+VPN_TURN = [
+    ChatMessage(role="user", content="How do I reset a forgotten VPN password?"),
+    ChatMessage(role="assistant", content="In the self-service portal [1]."),
+]
+
+
+def test_a_question_the_previous_turn_makes_far_more_findable_is_a_follow_up() -> None:
+    # No pronoun, no opener: only the conversation says which password this is about.
+    kb = make_kb(cite(("Use the portal", VPN)), followup_gain=0.15)
+    answer = ask(kb, Question(access=ALL, text="What is the procedure?", history=VPN_TURN))
+    assert answer.timings["condensed"] is True and "followup_check_ms" in answer.timings
+    assert [c.doc_id for c in answer.citations] == ["vpn-guide.md"]
+    # The probe (with the previous turn, and alone), then the search: the previous turn beside the question.
+    probe = f"{VPN_TURN[0].content}\nWhat is the procedure?"
+    assert [s.query for s in kb.store.searches][-2:] == [probe, "What is the procedure?"]
+
+
+def test_a_change_of_topic_gains_nothing_from_the_previous_turn() -> None:
+    kb = make_kb(cite(("New employees get 20 days", LEAVE)), followup_gain=0.15)
+    question = "How many days of paid annual leave do new employees get per year?"
+    answer = ask(kb, Question(access=ALL, text=question, history=VPN_TURN))
+    assert answer.timings["condensed"] is False and "followup_check_ms" in answer.timings
+    assert [s.query for s in kb.store.searches][-1] == question
+    assert [c.doc_id for c in answer.citations] == ["leave-policy.md"]

@@ -1,4 +1,4 @@
-"""The Grafana dashboard asks only for series that exist: kb's own (as app/metrics.py exports them) and
+"""The Grafana dashboard asks only for series that exist: kb's own (as app/ops/metrics.py exports them) and
 vLLM's (as the vLLM release kb launches names them); and it shows every series kb exports."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics
+from app.ops.metrics import Metrics
 from ingest.registry import Registry
 from tests.conftest import ROOT
 
@@ -66,7 +66,7 @@ def test_kb_series_in_the_dashboard_are_the_ones_kb_exports(tmp_path: Path) -> N
     exported = kb_families(tmp_path)
     used = {family(name) for expr in expressions() for name in METRIC.findall(expr) if name.startswith("kb_")}
     assert used, "the dashboard shows no kb series"
-    assert used <= exported, f"not exported by app/metrics.py: {sorted(used - exported)}"
+    assert used <= exported, f"not exported by app/ops/metrics.py: {sorted(used - exported)}"
     assert exported <= used, f"exported but on no panel: {sorted(exported - used)}"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.metrics import Metrics
+from app.ops.metrics import Metrics
 from app.settings import Settings
 from ingest.registry import Registry
 from tests.conftest import ROOT

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.auth.keys import KeyError_, KeyStore, validate_key_fields
-from app.auth.principal import ALL_KBS, anonymous, local_admin
-from app.auth.roles import PERMISSIONS, Permission, Role
+from app.access.keys import KeyError_, KeyStore, validate_key_fields
+from app.access.principal import ALL_KBS, anonymous, local_admin
+from app.access.roles import PERMISSIONS, Permission, Role
 from app.cli.keys import parse_duration
 from app.errors import Forbidden
 from core.types import Access
@@ -78,7 +78,7 @@ def test_principals_fail_closed() -> None:
 
 
 def test_ip_allow_lists() -> None:
-    from app.auth.principal import Principal
+    from app.access.principal import Principal
 
     p = Principal(key_id="k", name="n", role=Role.service, kbs=("default",), cidrs=("10.0.0.0/8",))
     assert p.allowed_from("10.1.2.3") and not p.allowed_from("127.0.0.1") and not p.allowed_from(None)

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.auth.roles import Role
+from app.access.roles import Role
 from app.container import Container
 from app.main import create_app
-from app.metrics import Metrics, failed_component, failure_kind
+from app.ops.metrics import Metrics, failed_component, failure_kind
 from app.settings import Settings
 from tests.conftest import ROOT
 
@@ -177,7 +177,7 @@ def test_each_metrics_object_owns_its_registry() -> None:
 MULTIPROCESS_CHILD = textwrap.dedent(
     """
     import sys
-    from app.metrics import Metrics
+    from app.ops.metrics import Metrics
     from core.types import Usage
 
     m = Metrics()

@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
-from app.answering import Question
-from app.auth.principal import ALL_KBS, Principal
-from app.auth.roles import Role
+from app.access.principal import ALL_KBS, Principal
+from app.access.roles import Role
+from app.answers.service import Question
 from app.errors import Forbidden, InvalidRequest, KBError, NotFound, RateLimited, install_error_handlers
-from app.openai_compat import (
+from app.integrations.openai.service import (
     ChatCompletionRequest,
     Completion,
     check_request,

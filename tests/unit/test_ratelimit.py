@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from app.auth.principal import Principal, anonymous
-from app.auth.roles import Role
+from app.access.principal import Principal, anonymous
+from app.access.roles import Role
 from app.errors import RateLimited, ServiceUnavailable
-from app.limits import AnswerSlots
-from app.ratelimit import RateLimiter
+from app.ops.limits import AnswerSlots
+from app.ops.ratelimit import RateLimiter
 from app.settings import RateLimitSettings, RoleRate
 from core.procs import free_port
 from core.types import Usage

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app.readiness import Check, Readiness, Report
+from app.ops.readiness import Check, Readiness, Report
 
 
 def up() -> Check:
@@ -108,7 +108,7 @@ def test_a_change_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
         return state["up"]
 
     readiness = Readiness({"milvus": milvus, "llm": up()}, timeout_s=1)
-    with caplog.at_level("INFO", logger="app.readiness"):
+    with caplog.at_level("INFO", logger="app.ops.readiness"):
         for flips in (True, False, False, False, True, True):
             state["up"] = flips
             asyncio.run(readiness.check())

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import AskRequest, SearchRequest
+from app.answers.models import AskRequest, SearchRequest
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.answering import AnswerService, Question, StreamEvent
-from app.sensitive import WITHHELD_MESSAGE, SensitiveTerm, SensitiveTerms
+from app.answers.sensitive import WITHHELD_MESSAGE, SensitiveTerm, SensitiveTerms
+from app.answers.service import AnswerService, Question, StreamEvent
 from app.settings import SecuritySettings
 from core.types import Access, Answer, ChatMessage, Chunk, RelevanceThresholds
 from retrieval.pipeline import QueryPipeline

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import StatusCode, format_trace_id
 
-from app.logs import JSONFormatter, TraceContextFilter
+from app.ops.logs import JSONFormatter, TraceContextFilter
+from app.ops.tracing import build_provider, traces_url
 from app.settings import TracingSettings
-from app.tracing import build_provider, traces_url
 from core.tracing import stage, tracer
 
 

@@ -11,12 +11,12 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from app.api.documents import download_headers
+from app.documents.router import download_headers
+from app.documents.uploads import UploadLimits, receive_upload
 from app.errors import install_error_handlers
-from app.feedback import FeedbackEntry, settings_digest
-from app.limits import BodySizeLimit
+from app.feedback.service import FeedbackEntry, settings_digest
+from app.ops.limits import BodySizeLimit
 from app.settings import Settings
-from app.uploads import UploadLimits, receive_upload
 from ingest.documents import Original, VersionInfo
 from ingest.files import FileStore
 

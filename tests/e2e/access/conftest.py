@@ -58,8 +58,8 @@ class LiveServer:
 
 def _prepare(settings: Settings, docs: Path) -> dict[str, str]:
     """Ingest the corpus and create the keys, then let go of Milvus and the database before the server starts."""
-    from app.auth.principal import ALL_KBS
-    from app.auth.roles import Role
+    from app.access.principal import ALL_KBS
+    from app.access.roles import Role
     from app.container import Container
 
     container = Container(settings)

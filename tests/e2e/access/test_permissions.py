@@ -1,6 +1,6 @@
 """Every caller x every endpoint x own / other / missing knowledge base, against the real server.
 
-The table below is the specification, written out here rather than read from app.auth.roles, so that a
+The table below is the specification, written out here rather than read from app.access.roles, so that a
 wrong entry in the product's table fails. To cover a new endpoint add one `Endpoint` row: `{kb}` in the
 path or anywhere in the body is replaced by the knowledge base under test.
 """

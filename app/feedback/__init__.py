@@ -1,0 +1,1 @@
+"""Feedback on answers: thumbs and comments, kept with the answer they are about."""

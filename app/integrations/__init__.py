@@ -1,0 +1,1 @@
+"""kb as other systems reach it: the OpenAI-compatible API and the MCP server."""

@@ -1,0 +1,1 @@
+"""kb as an MCP server: tools and resources over streamable HTTP and stdio."""

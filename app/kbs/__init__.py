@@ -1,0 +1,1 @@
+"""Knowledge bases: creation, settings and the /admin/kbs routes."""
