@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -292,6 +293,77 @@ def test_bench_e2e_drives_the_api_and_vllm_with_the_same_prompts(stack: Stack) -
         assert 0 < r["ttft_p50_ms"] <= r["e2e_p50_ms"]
     assert [s["concurrency"] for s in report["summary"]] == [2]
     assert all(s["qps_ratio"] > 0 for s in report["summary"])
+
+
+# (first question, second question): each second question is about another document than the first.
+TOPIC_SWITCHES = [
+    (QUESTIONS[0][0], QUESTIONS[3][0]),  # English to English
+    (QUESTIONS[1][0], QUESTIONS[4][0]),  # Chinese to Chinese
+    (QUESTIONS[0][0], QUESTIONS[1][0]),  # English to Chinese: the README's two demo questions
+    (QUESTIONS[4][0], QUESTIONS[2][0]),  # Chinese to English
+]
+SOURCE_ALONE = dict(QUESTIONS)
+
+
+def ask_after(stack: Stack, first: str, question: str) -> dict[str, Any]:
+    """`question` asked after `first` and kb's own answer to it, as the web chat sends the conversation."""
+    previous = httpx.post(f"{stack.url}/ask", json={"question": first}, timeout=180, headers=stack.auth)
+    assert previous.status_code == 200, previous.text
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": previous.json()["answer"]}]
+    r = httpx.post(f"{stack.url}/ask", json={"question": question, "history": history}, timeout=180, headers=stack.auth)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    assert not body["refused"] and not body["degraded"], body
+    return body
+
+
+@pytest.mark.parametrize(("first", "question"), TOPIC_SWITCHES)
+def test_a_change_of_topic_keeps_the_source_the_question_has_alone(stack: Stack, first: str, question: str) -> None:
+    body = ask_after(stack, first, question)
+    # Self-contained: searched as asked, no rewrite into the previous topic.
+    assert body["timings"]["condensed"] is False and "condense_ms" not in body["timings"], body["timings"]
+    assert body["sources"][0]["doc_id"] == SOURCE_ALONE[question], body["sources"]
+
+
+@pytest.mark.parametrize(
+    ("first", "follow_up", "doc_id"),
+    [
+        (QUESTIONS[0][0], "And what about sick leave?", "leave-policy.md"),
+        (QUESTIONS[1][0], "需要谁审批？", "expense-policy-zh.md"),  # names nothing: whose approval?
+    ],
+)
+def test_a_follow_up_resolves_to_the_document_it_follows(stack: Stack, first: str, follow_up: str, doc_id: str) -> None:
+    body = ask_after(stack, first, follow_up)
+    # Rewritten by the default model and searched beside the question as asked.
+    assert body["timings"]["condensed"] is True and body["timings"]["condense_ms"] > 0, body["timings"]
+    assert body["sources"][0]["doc_id"] == doc_id, body["sources"]
+
+
+def test_the_chat_answers_each_question_of_a_topic_change_from_its_own_document(stack: Stack) -> None:
+    if not shutil.which("chromium"):
+        pytest.fail("chromium is not installed: `make setup` installs it as root (or: apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{stack.url}/ui/")
+            page.locator("#kb-key input").fill(stack.key)
+            page.locator("#kb-signin-button").click()
+            answers = page.locator("#kb-chat .message-row.bot-row")
+            for number, (question, doc_id, fact) in enumerate(DEMO_FACTS, 1):
+                box = page.locator("#kb-question textarea")
+                box.fill(question)
+                box.press("Enter")
+                # Both in one conversation: the second question is sent with the first as its history.
+                expect(answers).to_have_count(number, timeout=180_000)
+                answer = answers.nth(number - 1)
+                expect(answer.locator(".kb-card-doc").first).to_have_text(doc_id, timeout=180_000)
+                expect(answer).to_contain_text(fact, timeout=10_000)
+            page.screenshot(path=str(stack.home / "ui-topic-change.png"))
+        finally:
+            browser.close()
 
 
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
