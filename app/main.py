@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.state.settings = settings
     app.state.worker = None  # the supervised ingestion worker, when the API runs one
     # Per process: the rate limits (shared through Redis when one is configured) and the answers in flight.
-    app.state.rate_limiter = RateLimiter.from_settings(settings)
+    app.state.rate_limiter = RateLimiter.from_settings(settings, container.metrics.observe_rate_limited)
     app.state.answer_slots = AnswerSlots(settings.limits.answers_in_flight)
     app.state.gate = container.gate(app.state.rate_limiter, app.state.answer_slots)
     timeout_s = settings.limits.readiness_timeout_s

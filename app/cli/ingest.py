@@ -226,7 +226,7 @@ def _work(until_idle: bool, concurrency: int | None = None) -> None:
     settings = load_settings()
     if concurrency is not None:
         settings.ingest.worker_concurrency = concurrency
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     try:
         run_worker(_container(settings), stop, until_idle=until_idle)

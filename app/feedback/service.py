@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
 from app.db.base import AppBase, create_app_tables
+from app.ops.settings_view import masked as masked_settings
 from app.settings import Settings
 from core.types import Answer
 
@@ -173,7 +174,7 @@ class FeedbackEntry:
 def settings_digest(settings: Settings) -> str:
     """A short hash of the settings that shape an answer (models, chunking, retrieval, decoding): feedback
     given under different settings is told apart without storing them."""
-    masked = settings.masked()
+    masked = masked_settings(settings)
     shaping = {name: masked[name] for name in ("embedding", "reranker", "retrieval", "llm", "ingest")}
     for volatile in ("effective_base_url", "base_url", "host", "port", "timeout_s", "startup_timeout_s"):
         shaping["llm"].pop(volatile, None)

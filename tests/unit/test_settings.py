@@ -133,3 +133,28 @@ def test_refusal_thresholds_follow_the_model_of_each_language_unless_set(monkeyp
     chosen = Settings().relevance_thresholds({"en": e5, "zh": e5})
     assert chosen["en"].cosine == chosen["zh"].cosine == 0.5
     assert chosen["zh"].cosine_lexical == zh["cosine_lexical"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "terms"),
+    [
+        ("project falcon", ["project falcon"]),
+        ("project falcon, merger ,", ["project falcon", "merger"]),
+        ('["a, b", "c"]', ["a, b", "c"]),
+        ("", []),
+    ],
+)
+def test_list_settings_take_plain_text_separated_by_commas(
+    monkeypatch: pytest.MonkeyPatch, raw: str, terms: list[str]
+) -> None:
+    monkeypatch.setenv("KB_SECURITY__SENSITIVE_TERMS", raw)
+    monkeypatch.setenv("KB_SECURITY__DEFAULT_GROUPS", "staff,hr")
+    settings = Settings()
+    assert settings.security.sensitive_terms == terms
+    assert settings.security.default_groups == ["staff", "hr"]
+
+
+def test_a_broken_json_list_setting_names_the_field_and_the_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_SECURITY__SENSITIVE_TERMS", "[bad")
+    with pytest.raises(ValidationError, match=r"security.sensitive_terms[\s\S]*separated by commas"):
+        Settings()

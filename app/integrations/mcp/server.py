@@ -53,7 +53,10 @@ def http_gate(ctx: Context, _caller: Principal) -> tuple[Gate, Actor]:
 def process_gate(container: Container) -> GateOf:
     """stdio: one gate for the process (its own rate limiter, or the shared one when Redis is configured)."""
     settings = container.settings
-    gate = container.gate(RateLimiter.from_settings(settings), AnswerSlots(settings.limits.answers_in_flight))
+    gate = container.gate(
+        RateLimiter.from_settings(settings, container.metrics.observe_rate_limited),
+        AnswerSlots(settings.limits.answers_in_flight),
+    )
 
     def of(_ctx: Context, caller: Principal) -> tuple[Gate, Actor]:
         return gate, Actor.of_principal(caller, ip="stdio")
