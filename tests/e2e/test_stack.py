@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,10 +217,12 @@ def test_chat_ui_is_served(stack: Stack) -> None:
     assert "gradio" in r.text.lower()
 
 
-def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
+@contextmanager
+def signed_in_chat(stack: Stack) -> Iterator[Any]:
+    """A Chromium page on the web app, signed in with the admin key."""
     if not shutil.which("chromium"):
         pytest.fail("chromium is not installed: `make setup` installs it as root (or: apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -228,16 +231,23 @@ def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
             page.goto(f"{stack.url}/ui/")
             page.locator("#kb-key input").fill(stack.key)
             page.locator("#kb-signin-button").click()
-            box = page.locator("#kb-question textarea")
-            box.fill("How many days of annual leave do new employees get?")
-            box.press("Enter")
-            # The answer arrives in the conversation with its sources as cards below it.
-            expect(page.locator("#kb-chat .kb-card").first).to_contain_text("Leave Policy", timeout=180_000)
-            expect(page.locator("#kb-chat")).to_contain_text("annual leave", timeout=10_000)
-            expect(page.locator("#kb-chat .kb-card-doc").first).to_have_text("leave-policy.md")
-            page.screenshot(path=str(stack.home / "ui.png"))
+            yield page
         finally:
             browser.close()
+
+
+def test_employee_asks_in_the_chat_and_sees_sources(stack: Stack) -> None:
+    from playwright.sync_api import expect
+
+    with signed_in_chat(stack) as page:
+        box = page.locator("#kb-question textarea")
+        box.fill("How many days of annual leave do new employees get?")
+        box.press("Enter")
+        # The answer arrives in the conversation with its sources as cards below it.
+        expect(page.locator("#kb-chat .kb-card").first).to_contain_text("Leave Policy", timeout=180_000)
+        expect(page.locator("#kb-chat")).to_contain_text("annual leave", timeout=10_000)
+        expect(page.locator("#kb-chat .kb-card-doc").first).to_have_text("leave-policy.md")
+        page.screenshot(path=str(stack.home / "ui.png"))
 
 
 def test_streaming_sends_tokens_then_citations_then_done(stack: Stack) -> None:
@@ -340,30 +350,20 @@ def test_a_follow_up_resolves_to_the_document_it_follows(stack: Stack, first: st
 
 
 def test_the_chat_answers_each_question_of_a_topic_change_from_its_own_document(stack: Stack) -> None:
-    if not shutil.which("chromium"):
-        pytest.fail("chromium is not installed: `make setup` installs it as root (or: apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(f"{stack.url}/ui/")
-            page.locator("#kb-key input").fill(stack.key)
-            page.locator("#kb-signin-button").click()
-            answers = page.locator("#kb-chat .message-row.bot-row")
-            for number, (question, doc_id, fact) in enumerate(DEMO_FACTS, 1):
-                box = page.locator("#kb-question textarea")
-                box.fill(question)
-                box.press("Enter")
-                # Both in one conversation: the second question is sent with the first as its history.
-                expect(answers).to_have_count(number, timeout=180_000)
-                answer = answers.nth(number - 1)
-                expect(answer.locator(".kb-card-doc").first).to_have_text(doc_id, timeout=180_000)
-                expect(answer).to_contain_text(fact, timeout=10_000)
-            page.screenshot(path=str(stack.home / "ui-topic-change.png"))
-        finally:
-            browser.close()
+    with signed_in_chat(stack) as page:
+        answers = page.locator("#kb-chat .message-row.bot-row")
+        for number, (question, doc_id, fact) in enumerate(DEMO_FACTS, 1):
+            box = page.locator("#kb-question textarea")
+            box.fill(question)
+            box.press("Enter")
+            # Both in one conversation: the second question is sent with the first as its history.
+            expect(answers).to_have_count(number, timeout=180_000)
+            answer = answers.nth(number - 1)
+            expect(answer.locator(".kb-card-doc").first).to_have_text(doc_id, timeout=180_000)
+            expect(answer).to_contain_text(fact, timeout=10_000)
+        page.screenshot(path=str(stack.home / "ui-topic-change.png"))
 
 
 def test_ctrl_c_stops_everything_it_started(stack: Stack) -> None:
